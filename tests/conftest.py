@@ -1,0 +1,139 @@
+"""A scriptable HTTP server on 127.0.0.1, and helpers to run the command line."""
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "prefectflow.py"
+TODOS = [
+    {"userId": 1, "id": 1, "title": "delectus aut autem", "completed": False},
+    {"userId": 1, "id": 2, "title": "señal \"rota\"", "completed": True},
+    {"userId": 2, "id": 3, "title": "fugiat veniam minus", "completed": False},
+]
+RECORDS = [
+    {"UsuarioID": 1, "ID": 1, "Titulo": "delectus aut autem", "Completado": False},
+    {"UsuarioID": 1, "ID": 2, "Titulo": "señal \"rota\"", "Completado": True},
+    {"UsuarioID": 2, "ID": 3, "Titulo": "fugiat veniam minus", "Completado": False},
+]
+# What load writes for RECORDS, byte for byte.
+RECORDS_JSON = json.dumps(RECORDS, indent=4, ensure_ascii=False).encode("utf-8")
+
+
+def ok(payload=TODOS):
+    """Answer 200 with payload as JSON (bytes go as they are)."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return lambda handler: handler.answer(200, body)
+
+
+def status(code):
+    return lambda handler: handler.answer(code, b'{"error": "scripted"}')
+
+
+def hang(seconds=5.0):
+    """Accept the request and say nothing for a while."""
+    return lambda handler: handler.server.stopping.wait(seconds)
+
+
+def trickle(total=10_000, every=0.05):
+    """Promise total bytes, then send one every `every` seconds."""
+    def act(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(total))
+        handler.end_headers()
+        for _ in range(total):
+            if handler.server.stopping.wait(every):
+                return
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+    return act
+
+
+def huge(size):
+    """Answer 200 with size bytes of a JSON list, streamed without a length."""
+    def act(handler):
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(b"[" + b" " * (size - 2) + b"]")
+        handler.close_connection = True
+    return act
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        script = self.server.scripts.get(self.path, [status(404)])
+        count = self.server.hits[self.path]
+        self.server.hits[self.path] += 1
+        script[min(count, len(script) - 1)](self)
+
+    def answer(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Source:
+    """Serves scripted answers per path: the n-th request gets the n-th action, the last repeats."""
+
+    def __init__(self):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.scripts, self.server.hits = {}, Counter()
+        self.server.stopping = threading.Event()
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, path, *actions):
+        self.server.scripts[path] = list(actions)
+        return self.url(path)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def hits(self, path):
+        return self.server.hits[path]
+
+    def close(self):
+        self.server.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def source():
+    server = Source()
+    yield server
+    server.close()
+
+
+def cli(*args, cwd=None, env=None, timeout=120):
+    """Run prefectflow.py in a subprocess; the finished process, output as text."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def good_output(tmp_path):
+    """An output file that holds the last good run's bytes."""
+    path = tmp_path / "datos.json"
+    path.write_bytes(RECORDS_JSON)
+    return path
