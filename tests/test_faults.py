@@ -1,0 +1,165 @@
+"""Faults injected for real: a loopback source that misbehaves, a sink that cannot be written,
+a process killed mid-write. Each failure exits 1 with one line and leaves the last good file."""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import RECORDS, RECORDS_JSON, SCRIPT, TODOS, cli, hang, huge, ok, status, trickle
+
+FAST = ["--once", "--retry-delay", "0.01"]
+
+
+def failed_with(result, message, good_output):
+    """The run exited 1, said only message on stderr, and left good_output as it was."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == f"prefectflow.py: error: {message}\n"
+    assert "Traceback" not in result.stdout
+    assert good_output.read_bytes() == RECORDS_JSON
+    assert os.listdir(good_output.parent) == [good_output.name]
+    return True
+
+
+def test_503s_then_200_succeeds_on_the_fourth_request(source, tmp_path):
+    url = source.add("/todos", status(503), status(503), status(503), ok())
+    result = cli(*FAST, "--retries", 5, "--url", url, "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    assert source.hits("/todos") == 4
+    assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+    assert result.stdout.count("final state: 'Retrying'") == 3
+    assert "Run scheduled at" in result.stdout and "Success, 3 records written, 4 extract attempts" in result.stdout
+
+
+def test_permanent_404_makes_three_requests_and_fails(source, good_output):
+    url = source.add("/todos", status(404))
+    result = cli(*FAST, "--retries", 2, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed after 3 attempts: {url} answered HTTP 404 Not Found", good_output)
+    assert source.hits("/todos") == 3
+
+
+def test_connection_refused(good_output):
+    url = "http://127.0.0.1:9/todos"  # discard port: nothing listens on it here
+    result = cli(*FAST, "--retries", 1, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed after 2 attempts: {url} could not be read: Connection refused",
+                       good_output)
+
+
+def test_a_source_that_never_answers_is_cut_off_by_the_timeout(source, good_output):
+    url = source.add("/todos", hang(10))
+    started = time.monotonic()
+    result = cli(*FAST, "--retries", 1, "--timeout", 0.3, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed after 2 attempts: {url} did not answer within --timeout 0.3 s",
+                       good_output)
+    assert source.hits("/todos") == 2
+    assert time.monotonic() - started < 8
+
+
+def test_a_source_that_trickles_is_cut_off_by_the_deadline(source, good_output):
+    url = source.add("/todos", trickle(total=10_000, every=0.05))
+    started = time.monotonic()
+    result = cli(*FAST, "--retries", 0, "--timeout", 1, "--deadline", 0.5, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed: {url} did not finish within --deadline 0.5 s", good_output)
+    assert time.monotonic() - started < 8
+
+
+def test_a_body_that_is_not_json_is_retried_then_fails(source, good_output):
+    url = source.add("/todos", ok(b'[{"userId": 1,'))
+    result = cli(*FAST, "--retries", 1, "--url", url, "--output", good_output)
+    assert failed_with(
+        result, f"extract failed after 2 attempts: {url} sent a body that is not valid JSON "
+                "(Expecting property name enclosed in double quotes: line 1 column 15 (char 14))", good_output)
+    assert source.hits("/todos") == 2
+
+
+def test_a_body_over_max_bytes_is_cut_off(source, good_output):
+    url = source.add("/todos", huge(50 * 2**20))
+    result = cli(*FAST, "--retries", 0, "--max-bytes", 2**20, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed: {url} sent more than --max-bytes 1048576 bytes", good_output)
+
+
+@pytest.mark.parametrize("payload, problem", [
+    ({"todos": TODOS}, "expected a JSON list, got object"),
+    ([TODOS[0], "x"], "record at index 1: expected an object, got string"),
+    ([TODOS[0], {**TODOS[1], "id": None}], "record at index 1: field 'id' must be integer, got null"),
+    ([{k: v for k, v in TODOS[0].items() if k != "completed"}], "record at index 0: missing field 'completed'"),
+    ([], "source returned an empty list (--allow-empty accepts it)"),
+])
+def test_a_payload_of_the_wrong_shape_fails_at_once(source, good_output, payload, problem):
+    url = source.add("/todos", ok(payload))
+    result = cli(*FAST, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed: {url}: {problem}", good_output)
+    assert source.hits("/todos") == 1
+
+
+def test_allow_empty_lets_an_empty_list_through(source, good_output):
+    result = cli(*FAST, "--allow-empty", "--url", source.add("/todos", ok([])), "--output", good_output)
+    assert result.returncode == 0, result.stderr
+    assert good_output.read_bytes() == b"[]"
+
+
+def test_an_output_under_a_file_fails_cleanly(source, good_output):
+    target = good_output / "datos.json"
+    result = cli(*FAST, "--url", source.add("/todos", ok()), "--output", target)
+    assert failed_with(result, f"load failed: cannot write {target}: {good_output} is a file, not a folder",
+                       good_output)
+
+
+def test_a_full_disk_mid_write_leaves_no_temporary_file(source, good_output):
+    """RLIMIT_FSIZE makes writes past 20 kB fail as a full disk would."""
+    todos = [{**TODOS[0], "id": i} for i in range(2000)]
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *FAST, "--url", source.add("/todos", ok(todos)), "--output", good_output],
+        preexec_fn=limit, capture_output=True, text=True, timeout=60)
+    assert failed_with(result, f"load failed: cannot write {good_output}: File too large", good_output)
+
+
+def test_logs_mask_credentials(source, tmp_path):
+    url = source.add("/todos?page=1&access_token=t0ps3cret", ok())
+    url = url.replace("http://", "http://ann:hunter2@")
+    result = cli("--once", "--url", url, "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    assert "GET http://ann:***@127.0.0.1" in result.stdout
+    assert "/todos?page=1&access_token=***: HTTP 200, " in result.stdout
+    assert "hunter2" not in result.stdout and "t0ps3cret" not in result.stdout
+
+
+def test_debug_shows_the_traceback(source, good_output):
+    url = source.add("/todos", status(500))
+    quiet = cli(*FAST, "--retries", 0, "--url", url, "--output", good_output)
+    loud = cli(*FAST, "--retries", 0, "--debug", "--url", url, "--output", good_output)
+    assert "Traceback" not in quiet.stdout and "Traceback (most recent call last)" in loud.stdout
+    assert quiet.stderr == loud.stderr
+
+
+def test_sigkill_at_any_moment_leaves_the_old_file_or_the_whole_new_one(source, good_output):
+    todos = [{"userId": i // 20, "id": i, "title": f"título {i} \"x\"", "completed": i % 3 == 0}
+             for i in range(300_000)]
+    url = source.add("/todos", ok(todos))
+    new = json.dumps([{"UsuarioID": t["userId"], "ID": t["id"], "Titulo": t["title"],
+                       "Completado": t["completed"]} for t in todos], indent=4, ensure_ascii=False).encode()
+    outcomes = []
+    for delay in [i * 0.07 for i in range(14)]:  # from the temporary file's creation past the replace
+        good_output.write_bytes(RECORDS_JSON)
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--once", "--url", url, "--output", good_output],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not any(n.endswith(".tmp") for n in os.listdir(good_output.parent)) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        data = good_output.read_bytes()
+        assert data in (RECORDS_JSON, new)
+        outcomes.append(data == new)
+        for name in os.listdir(good_output.parent):
+            if name.endswith(".tmp"):
+                os.unlink(good_output.parent / name)
+    assert not outcomes[0], "the first kill comes before the replace"
