@@ -31,7 +31,7 @@ def test_503s_then_200_succeeds_on_the_fourth_request(source, tmp_path):
     assert source.hits("/todos") == 4
     assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
     assert result.stdout.count("final state: 'Retrying'") == 3
-    assert "Run scheduled at" in result.stdout and "Success, 3 records written, 4 extract attempts" in result.stdout
+    assert "Success, 3 records written, 4 extract attempts" in result.stdout
 
 
 def test_permanent_404_makes_three_requests_and_fails(source, good_output):
