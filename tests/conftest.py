@@ -37,6 +37,14 @@ def status(code):
     return lambda handler: handler.answer(code, b'{"error": "scripted"}')
 
 
+def slow(seconds, payload=TODOS):
+    """Answer 200 with payload after a while."""
+    def act(handler):
+        handler.server.stopping.wait(seconds)
+        ok(payload)(handler)
+    return act
+
+
 def hang(seconds=5.0):
     """Accept the request and say nothing for a while."""
     return lambda handler: handler.server.stopping.wait(seconds)

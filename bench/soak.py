@@ -1,0 +1,76 @@
+"""Soak: the scheduled flow in one process, --interval 1, for --runs runs (default 300).
+
+Every tenth run's first request is answered 503, so retries happen. Prints resident memory and
+open file descriptors after run 10 and after the last run, the growth per 100 runs, the largest
+lateness of a run's start against its scheduled time, and any skipped or doubled run.
+
+Usage: .venv/bin/python bench/soak.py [--runs N]
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import Source, ok, status  # noqa: E402
+
+SAMPLE = json.loads((ROOT / "sample" / "todos.json").read_text(encoding="utf-8"))
+
+
+def probe(pid):
+    """(resident MiB, open fds) of a process."""
+    status_text = Path(f"/proc/{pid}/status").read_text()
+    rss_kib = int(next(line for line in status_text.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=300)
+    runs = parser.parse_args().runs
+    source = Source()
+    actions = []
+    for run in range(1, runs + 2):
+        actions += [status(503), ok(SAMPLE)] if run % 10 == 0 else [ok(SAMPLE)]
+    url = source.add("/todos", *actions)
+    with tempfile.TemporaryDirectory() as tmp:
+        history = Path(tmp) / "runs.jsonl"
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "prefectflow.py"), "--interval", "1", "--retry-delay", "0.1",
+             "--url", url, "--output", str(Path(tmp) / "datos.json"), "--history", str(history), "-q"])
+        samples = {}
+        while len(samples) < 2:
+            done = len(history.read_text().splitlines()) if history.exists() else 0
+            for mark in (10, runs):
+                if done >= mark and mark not in samples:
+                    samples[mark] = (done, *probe(proc.pid))
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        lines = [json.loads(line) for line in history.read_text().splitlines()][:runs]
+    source.close()
+
+    import pendulum
+    scheduled = [pendulum.parse(r["scheduled"]) for r in lines]
+    steps = [(b - a).total_seconds() for a, b in zip(scheduled, scheduled[1:])]
+    lateness = [(pendulum.parse(r["started"]) - s).total_seconds() for r, s in zip(lines, scheduled)]
+    (n10, rss10, fd10), (nlast, rsslast, fdlast) = samples[10], samples[runs]
+    growth = (rsslast - rss10) / (nlast - n10) * 100
+    print(f"runs: {len(lines)}, failed: {sum(r['state'] != 'Success' for r in lines)}, "
+          f"with retries: {sum(r['attempts'] > 1 for r in lines)}")
+    print(f"RSS after run {n10}: {rss10:.1f} MiB; after run {nlast}: {rsslast:.1f} MiB; "
+          f"growth {growth:+.3f} MiB per 100 runs ({growth * 10:+.2f} MiB per 1,000)")
+    print(f"open fds after run {n10}: {fd10}; after run {nlast}: {fdlast}")
+    print(f"lateness of starts: max {max(lateness) * 1000:.1f} ms, median "
+          f"{sorted(lateness)[len(lateness) // 2] * 1000:.1f} ms")
+    print(f"skipped slots: {sum(round(s) - 1 for s in steps if s > 1)}, doubled: {sum(s < 1 for s in steps)}")
+
+
+if __name__ == "__main__":
+    main()
