@@ -6,8 +6,10 @@ them to datos.json atomically. `python prefectflow.py --help` lists the options.
 from __future__ import annotations  # keeps the TypedDicts out of what Dask pickles
 
 import argparse
+import contextlib
 import datetime
 import functools
+import gc
 import http.server
 import itertools
 import json
@@ -140,24 +142,35 @@ def concat_records(parts: Iterable[list]) -> list:
 
 _encode_str = json.encoder.encode_basestring  # what json.dump uses with ensure_ascii=False
 _RECORD_KEYS = tuple(RENAME.values())
-_RECORD_TYPES = tuple(FIELD_TYPES.values())
-_JSON_BOOL = ("false", "true")
 _BATCH = 8192
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _not_plain():
+    raise _NotPlain
 
 
 def _encode_batch(records: list) -> str:
     """The records as json.dump(indent=4) writes them inside a list, without the brackets."""
-    if _uniform(records, _RECORD_KEYS, _RECORD_TYPES) and set(map(tuple, records)) <= {_RECORD_KEYS}:
-        # Plain records (the usual case): one format per record, several times faster than json.
+    try:
+        # Plain records (exact dicts of int, int, str and bool, in output order): formatted
+        # directly, checks and all in one pass; several times faster than json.
         return ",\n".join([
             f'    {{\n        "UsuarioID": {user},\n        "ID": {id_},\n        "Titulo": {_encode_str(title)},'
-            f'\n        "Completado": {_JSON_BOOL[done]}\n    }}'
-            for user, id_, title, done in map(dict.values, records)
+            f'\n        "Completado": {"true" if done is True else "false" if done is False else _not_plain()}\n    }}'
+            if type(record) is dict and tuple(record) == _RECORD_KEYS and type(user) is int and type(id_) is int
+            else _not_plain()
+            for record in records
+            for user, id_, title, done in (record.values(),)
         ])
-    # Anything else: json's own encoder, each record indented one level deeper.
-    return ",\n".join(
-        "    " + json.dumps(record, indent=4, ensure_ascii=False).replace("\n", "\n    ") for record in records
-    )
+    except (_NotPlain, AttributeError, TypeError, ValueError):
+        # Anything else: json's own encoder, each record indented one level deeper.
+        return ",\n".join(
+            "    " + json.dumps(record, indent=4, ensure_ascii=False).replace("\n", "\n    ") for record in records
+        )
 
 
 def encode_records(records: list) -> Iterator[str]:
@@ -378,12 +391,25 @@ def _stop(signum, frame):
     raise Stopped(signum)
 
 
+@contextlib.contextmanager
+def no_gc():
+    """Pause the cycle collector: over large acyclic data it only costs time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_once(flow: Flow, urls: List[str], executor=None, scheduled=None):
     """Run the flow once now; a summary of the run (see --history) and the flow's state."""
     started = pendulum.now("utc")
     param = urls[0] if len(urls) == 1 and not _is_mapped(flow) else urls
-    state = flow.run(parameters={"parametro_url": param}, run_on_schedule=False,
-                     executor=executor or LocalExecutor())
+    with no_gc():  # a run's data is freed by reference counting; collect after it, not during
+        state = flow.run(parameters={"parametro_url": param}, run_on_schedule=False,
+                         executor=executor or LocalExecutor())
     finished = pendulum.now("utc")
     summary = {
         "scheduled": (scheduled or started).isoformat(),
