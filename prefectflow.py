@@ -49,11 +49,12 @@ MAX_THREADS = 32  # default cap on threads that fetch several sources at once
 SAMPLE = Path(__file__).with_name("sample") / "todos.json"
 
 # Source field -> output key, in output order; and each source field's JSON type.
+# transform_records and the writer spell these keys out, for speed.
 RENAME = {"userId": "UsuarioID", "id": "ID", "title": "Titulo", "completed": "Completado"}
 FIELD_TYPES = {"userId": int, "id": int, "title": str, "completed": bool}
 
-# Exit statuses; a signal ends the process with 128 + its number.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Exit statuses; bad usage exits 2 (argparse) and a signal 128 + its number.
+EXIT_OK, EXIT_FAILED = 0, 1
 
 log = prefect.utilities.logging.get_logger("prefectflow")
 
@@ -84,11 +85,11 @@ class SinkError(Exception):
 
 # Pure functions ---------------------------------------------------------------
 
-def _uniform(items: list, fields, types) -> bool:
-    """Whether every item is a dict whose fields have exactly these types (checked at C speed)."""
+def _all_todos(items: list) -> bool:
+    """Whether every item is a dict whose fields have exactly the FIELD_TYPES (checked at C speed)."""
     try:
         return set(map(type, items)) <= {dict} and all(
-            set(map(type, map(itemgetter(field), items))) <= {kind} for field, kind in zip(fields, types))
+            set(map(type, map(itemgetter(field), items))) <= {kind} for field, kind in FIELD_TYPES.items())
     except KeyError:
         return False
 
@@ -99,7 +100,7 @@ def validate(payload: object, allow_empty: bool = False) -> List[Todo]:
         raise PayloadError(f"expected a JSON list, got {_json_type(payload)}")
     if not payload and not allow_empty:
         raise PayloadError("source returned an empty list (--allow-empty accepts it)")
-    if not _uniform(payload, FIELD_TYPES, FIELD_TYPES.values()):
+    if not _all_todos(payload):
         index, problem = next((i, p) for i, todo in enumerate(payload) if (p := _todo_problem(todo)))
         raise PayloadError(f"record at index {index}: {problem}")
     return payload
@@ -276,7 +277,8 @@ def write_json(records: list, path: str) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as exc:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # a signal can land just after the replace
+            os.unlink(tmp)
         if isinstance(exc, OSError):
             raise SinkError(f"cannot write {path}: {exc.strerror}") from None
         raise
@@ -594,8 +596,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--once", action="store_true", help="run once now instead of on the schedule")
     add("--demo", action="store_true",
         help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
-    add("--interval", type=_at_least(float, 1), default=INTERVAL, metavar="SECONDS",
-        help="time between scheduled runs, at least 1 (default: %(default)g)")
+    add("--interval", type=_at_least(float, 1), metavar="SECONDS",
+        help=f"time between scheduled runs, at least 1 (default: {INTERVAL:g})")
     add("--runs", type=_positive(int), metavar="N", help="stop after N scheduled runs (default: never)")
     add("--history", metavar="PATH", help="append a JSON line per run to this file")
     add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
@@ -630,8 +632,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         conflict("--demo", "--url")
     if once and args.runs:
         conflict("--once" if args.once else "--demo", "--runs")
-    if args.demo and args.interval != INTERVAL:
-        conflict("--demo", "--interval")
+    if once and args.interval is not None:
+        conflict("--once" if args.once else "--demo", "--interval")
     if args.debug and args.quiet:
         conflict("--debug", "--quiet")
     if args.dask_address:
@@ -642,10 +644,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             conflict("--dask-address", "--workers")
     if args.workers and args.executor == "local":
         conflict("--workers", "--executor local")
+    if args.workers and args.executor is None:
+        args.executor = "threads"
     if args.visualize and not once and (args.runs or args.history):
         conflict("--visualize", "--runs" if args.runs else "--history")
     if args.visualize and not args.visualize.lower().endswith((".png", ".svg", ".pdf", ".dot", ".gv")):
         parser.error(f"--visualize: unknown format {args.visualize!r}; use .png, .svg, .pdf, .dot or .gv")
+    if args.interval is None:
+        args.interval = INTERVAL
     if args.retry_delay is None:
         args.retry_delay = 1.0 if args.demo else RETRY_DELAY
     args.urls = args.url or [API_URL]

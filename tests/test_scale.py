@@ -52,6 +52,29 @@ def test_one_failing_source_fails_the_run_and_writes_nothing(source, good_output
     assert good_output.read_bytes() == RECORDS_JSON
 
 
+def describe(executor):
+    kind = type(executor).__name__
+    if kind == "LocalDaskExecutor":
+        return kind, executor.scheduler, executor.dask_config["num_workers"]
+    if kind == "DaskExecutor":
+        kwargs = executor.cluster_kwargs or {}
+        return kind, executor.address, kwargs.get("n_workers"), kwargs.get("threads_per_worker")
+    return (kind,)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ("LocalExecutor",)),
+    (["--url", "a"] * 2 + ["--url", "b"], ("LocalDaskExecutor", "threads", 3)),
+    (["--url", "a"] * 40, ("LocalDaskExecutor", "threads", 32)),
+    (["--workers", "3"], ("LocalDaskExecutor", "threads", 3)),
+    (["--executor", "processes"], ("LocalDaskExecutor", "processes", 1)),
+    (["--executor", "dask", "--workers", "2"] + ["--url", "a"] * 5, ("DaskExecutor", None, 2, 3)),
+    (["--dask-address", "tcp://127.0.0.1:8786"], ("DaskExecutor", "tcp://127.0.0.1:8786", None, None)),
+])
+def test_executor_options(args, expected):
+    assert describe(prefectflow.make_executor(prefectflow.parse_args(args))) == expected
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
