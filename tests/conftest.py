@@ -83,6 +83,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.server.hits[self.path] += 1
         script[min(count, len(script) - 1)](self)
 
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the client gave up on the answer: a timeout, a cut-off, a failed status
+
     def answer(self, code, body):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

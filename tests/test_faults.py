@@ -48,6 +48,23 @@ def test_connection_refused(good_output):
                        good_output)
 
 
+def _can_unshare_net():
+    try:
+        return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_net(), reason="needs unshare --net (root)")
+def test_an_unknown_host(good_output):
+    """In a network namespace of its own, with no network at all, a name lookup fails on the spot."""
+    url = "http://no-such-host.invalid/todos"
+    result = subprocess.run(["unshare", "--net", sys.executable, SCRIPT, *FAST, "--retries", "1", "--url", url,
+                             "--output", good_output], capture_output=True, text=True, timeout=60)
+    assert failed_with(result, f"extract failed after 2 attempts: {url} could not be read: "
+                               "Temporary failure in name resolution", good_output)
+
+
 def test_a_source_that_never_answers_is_cut_off_by_the_timeout(source, good_output):
     url = source.add("/todos", hang(10))
     started = time.monotonic()
