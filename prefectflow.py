@@ -505,10 +505,11 @@ def write_diagram(flow: Flow, path: str, flow_state=None) -> None:
     finally:
         graphviz.Digraph.render = render
     graph = graphs[0]
-    if path.lower().endswith((".dot", ".gv")):
+    fmt = path.rsplit(".", 1)[-1].lower()
+    if fmt in ("dot", "gv"):
         Path(path).write_text(graph.source, encoding="utf-8")
-        return
-    graph.render(outfile=path, cleanup=True)
+    else:
+        Path(path).write_bytes(graph.pipe(format=fmt))  # pipe: no source file left beside it
 
 
 class DemoHandler(http.server.BaseHTTPRequestHandler):

@@ -43,11 +43,14 @@ def test_demo_retries_once_and_writes_the_sample(tmp_path):
 
 
 @has_dot
-def test_visualize_writes_a_png_and_runs_nothing(tmp_path):
+def test_visualize_writes_a_png_and_nothing_else(tmp_path):
+    for neighbour in ("flow", "flow.gv"):
+        (tmp_path / neighbour).write_text("mine")
     result = cli("--visualize", tmp_path / "flow.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow", "flow.gv", "flow.png"]
+    assert (tmp_path / "flow").read_text() == (tmp_path / "flow.gv").read_text() == "mine"
 
 
 @has_dot
