@@ -467,8 +467,7 @@ def serve(flow: Flow, urls: List[str], runs: int = 0, history: str = None, execu
             log.info("Waiting for next scheduled run at %s", slot)
             time.sleep(wait)
         summary, _ = run_once(flow, urls, executor, scheduled=slot)
-        if history:
-            append_line(history, summary)
+        _record(history, summary)
         if "error" in summary:
             log.error("Run failed: %s", summary["error"])
         done += 1
@@ -490,6 +489,15 @@ def append_line(path: str, record: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _record(history: str, summary: dict) -> None:
+    """Append the run's summary to the history file, if any; a failure there does not fail the run."""
+    if history:
+        try:
+            append_line(history, summary)
+        except OSError as exc:
+            log.error("Cannot append to --history %s: %s", history, exc.strerror)
 
 
 def write_diagram(flow: Flow, path: str, flow_state=None) -> None:
@@ -680,6 +688,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.debug, args.quiet)
     once = args.once or args.demo
+    if args.history:
+        try:
+            open(args.history, "a").close()
+        except OSError as exc:
+            print(f"prefectflow.py: error: cannot write --history {args.history}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAILED
     flow = build_flow(
         retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         deadline=args.deadline, max_bytes=args.max_bytes, output=args.output,
@@ -695,8 +709,7 @@ def main(argv=None) -> int:
             args.urls = [f"http://127.0.0.1:{server.server_address[1]}/todos"]
         if once:
             summary, state = run_once(flow, args.urls, make_executor(args))
-            if args.history:
-                append_line(args.history, summary)
+            _record(args.history, summary)
             status = EXIT_OK if "error" not in summary else EXIT_FAILED
             if "error" in summary:
                 print(f"prefectflow.py: error: {summary['error']}", file=sys.stderr)

@@ -98,3 +98,13 @@ def test_a_signal_during_the_write_abandons_it(source, good_output, signum, code
     assert (proc.returncode, stderr) == (code, f"prefectflow.py: stopped by {signal.Signals(signum).name}\n")
     assert good_output.read_bytes() == RECORDS_JSON
     assert [p.name for p in good_output.parent.iterdir()] == [good_output.name]
+
+
+def test_a_history_file_that_cannot_be_written_is_refused_before_any_run(source, good_output):
+    history = good_output / "runs.jsonl"  # under a file
+    result = run("--runs", 1, "--interval", 1, "--url", source.add("/todos", ok()), "--output", good_output,
+                 "--history", history)
+    assert (result.returncode, result.stderr) == (
+        1, f"prefectflow.py: error: cannot write --history {history}: Not a directory\n")
+    assert source.hits("/todos") == 0
+    assert good_output.read_bytes() == RECORDS_JSON
