@@ -742,4 +742,11 @@ def _draw(flow: Flow, path: str, state=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status > 128:
+        # Stopped by a signal: worker threads still blocked on a source would hold up the exit
+        # for as long as --timeout; the output is the last good file either way.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
