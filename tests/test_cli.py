@@ -14,9 +14,13 @@ has_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="needs graphviz
 
 
 def test_once_writes_the_transformed_records(source, tmp_path):
-    result = cli("--once", "--url", source.add("/todos", ok()), cwd=tmp_path)
+    url = source.add("/todos", ok())
+    result = cli("--once", "--url", url, "--history", "runs.jsonl", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+    (run,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert (run["state"], run["records"], run["attempts"], run["urls"]) == ("Success", 3, 1, [url])
+    assert run["scheduled"] == run["started"]
     assert "Flow run SUCCESS: all reference tasks succeeded" in result.stdout
     assert result.stderr == ""
 
