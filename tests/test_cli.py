@@ -110,6 +110,13 @@ def test_bad_usage_exits_2(args, message, capsys):
     assert last_line(capsys.readouterr().err) == f"prefectflow.py: error: {message}"
 
 
+def test_bad_usage_in_a_subprocess_exits_2_and_runs_nothing(tmp_path):
+    result = cli("--once", "--runs", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert last_line(result.stderr) == "prefectflow.py: error: --once and --runs cannot be used together"
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def test_importing_has_no_side_effects(tmp_path):
     result = subprocess.run([sys.executable, "-c", "import prefectflow"], cwd=tmp_path,
                             env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
