@@ -83,6 +83,10 @@ class SinkError(Exception):
     """The output could not be written."""
 
 
+# The failures we explain ourselves, in one line.
+OUR_ERRORS = (SourceError, PayloadError, SinkError)
+
+
 # Pure functions ---------------------------------------------------------------
 
 def _all_todos(items: list) -> bool:
@@ -222,11 +226,8 @@ def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> obj
 def _get_json(url, where, timeout, deadline, max_bytes):
     try:
         text, status, size = _get_text(url, where, timeout, deadline, max_bytes)
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{where} sent a body that is not valid JSON ({exc})") from None
-    try:
         return json.loads(text), status, size
-    except ValueError as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise SourceError(f"{where} sent a body that is not valid JSON ({exc})") from None
 
 
@@ -450,8 +451,7 @@ def _error(flow: Flow, state) -> str:
                 exc = child.result
                 attempts = child.context.get("attempts", 1)
                 tries = f" after {attempts} attempts" if attempts > 1 else ""
-                known = (SourceError, PayloadError, SinkError)
-                why = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
+                why = str(exc) if isinstance(exc, OUR_ERRORS) else f"{type(exc).__name__}: {exc}"
                 return f"{task.name} failed{tries}: {why}"
     return f"the flow run failed: {state.message}"
 
@@ -555,7 +555,7 @@ def _one_line(record: logging.LogRecord) -> bool:
     """Without --debug: tracebacks become one line; failures of ours already logged are dropped."""
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
-        if isinstance(exc, (SourceError, PayloadError, SinkError)):
+        if isinstance(exc, OUR_ERRORS):
             return False
         record.msg = f"{record.getMessage()} {type(exc).__name__}: {exc}"
         record.args, record.exc_info, record.exc_text = (), None, None
@@ -571,21 +571,12 @@ def setup_logging(debug: bool, quiet: bool) -> None:
             handler.addFilter(_one_line)
 
 
-def _positive(kind):
+def _number(kind, low, above=False):
+    """An argparse type: a kind of number, at least low (above=True: greater than low)."""
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _at_least(kind, low):
-    def parse(text):
-        value = kind(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}: {text}")
+        if value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'greater than' if above else 'at least'} {low}: {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -605,24 +596,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--once", action="store_true", help="run once now instead of on the schedule")
     add("--demo", action="store_true",
         help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
-    add("--interval", type=_at_least(float, 1), metavar="SECONDS",
+    add("--interval", type=_number(float, 1), metavar="SECONDS",
         help=f"time between scheduled runs, at least 1 (default: {INTERVAL:g})")
-    add("--runs", type=_positive(int), metavar="N", help="stop after N scheduled runs (default: never)")
+    add("--runs", type=_number(int, 0, above=True), metavar="N",
+        help="stop after N scheduled runs (default: never)")
     add("--history", metavar="PATH", help="append a JSON line per run to this file")
-    add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
+    add("--retries", type=_number(int, 0), default=RETRIES, metavar="N",
         help="retries of a failed fetch, per source (default: %(default)s)")
-    add("--retry-delay", type=_at_least(float, 0), metavar="SECONDS",
+    add("--retry-delay", type=_number(float, 0), metavar="SECONDS",
         help=f"wait between retries (default: {RETRY_DELAY:g}; 1 with --demo)")
-    add("--timeout", type=_positive(float), default=TIMEOUT, metavar="SECONDS",
+    add("--timeout", type=_number(float, 0, above=True), default=TIMEOUT, metavar="SECONDS",
         help="limit to connect, and between two reads of the body (default: %(default)g)")
-    add("--deadline", type=_positive(float), default=DEADLINE, metavar="SECONDS",
+    add("--deadline", type=_number(float, 0, above=True), default=DEADLINE, metavar="SECONDS",
         help="limit for a whole response (default: %(default)g)")
-    add("--max-bytes", type=_positive(int), default=MAX_BYTES, metavar="N",
+    add("--max-bytes", type=_number(int, 0, above=True), default=MAX_BYTES, metavar="N",
         help="largest body accepted, in bytes (default: %(default)s, 100 MiB)")
     add("--allow-empty", action="store_true", help="let an empty list replace the output")
     add("--executor", choices=["local", "threads", "processes", "dask"],
         help="how tasks run (default: local for one source, threads for several)")
-    add("--workers", type=_positive(int), metavar="N",
+    add("--workers", type=_number(int, 0, above=True), metavar="N",
         help=f"threads or processes (default: one per source, at most {MAX_THREADS}); "
              "with --executor dask, worker processes of the local cluster (default: one per core)")
     add("--dask-address", metavar="tcp://HOST:PORT", help="run on this Dask cluster (implies --executor dask)")
