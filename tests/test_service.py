@@ -7,7 +7,7 @@ import time
 
 import pendulum
 import pytest
-from conftest import RECORDS_JSON, SCRIPT, hang, ok, slow, status
+from conftest import RECORDS_JSON, SCRIPT, cli, hang, ok, slow, status
 
 
 def history(path):
@@ -15,15 +15,11 @@ def history(path):
     return [json.loads(line) for line in lines]
 
 
-def run(*args):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120)
-
-
 def test_three_runs_with_failures_keep_the_last_good_output(source, tmp_path):
     out, log = tmp_path / "datos.json", tmp_path / "runs.jsonl"
     out.write_bytes(b"old")
     url = source.add("/todos", status(503), ok(), status(500))
-    result = run("--runs", 3, "--interval", 1, "--retries", 0, "--url", url, "--output", out, "--history", log)
+    result = cli("--runs", 3, "--interval", 1, "--retries", 0, "--url", url, "--output", out, "--history", log)
     assert result.returncode == 1, result.stderr
     assert source.hits("/todos") == 3
     assert out.read_bytes() == RECORDS_JSON
@@ -45,7 +41,7 @@ def test_three_runs_with_failures_keep_the_last_good_output(source, tmp_path):
 
 def test_runs_exit_0_when_the_last_run_succeeds(source, tmp_path):
     url = source.add("/todos", status(503), ok())
-    result = run("--runs", 2, "--interval", 1, "--retries", 0, "--url", url, "--output", tmp_path / "d.json")
+    result = cli("--runs", 2, "--interval", 1, "--retries", 0, "--url", url, "--output", tmp_path / "d.json")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "d.json").read_bytes() == RECORDS_JSON
 
@@ -53,7 +49,7 @@ def test_runs_exit_0_when_the_last_run_succeeds(source, tmp_path):
 def test_a_run_longer_than_the_interval_skips_the_slots_it_missed(source, tmp_path):
     log = tmp_path / "runs.jsonl"
     url = source.add("/todos", slow(2.5), ok())
-    result = run("--runs", 2, "--interval", 1, "--url", url, "--output", tmp_path / "d.json", "--history", log)
+    result = cli("--runs", 2, "--interval", 1, "--url", url, "--output", tmp_path / "d.json", "--history", log)
     assert result.returncode == 0, result.stderr
     first, second = (pendulum.parse(r["scheduled"]) for r in history(log))
     gap = (second - first).total_seconds()
@@ -103,7 +99,7 @@ def test_a_signal_during_the_write_abandons_it(source, good_output, signum, code
 
 def test_a_history_file_that_cannot_be_written_is_refused_before_any_run(source, good_output):
     history = good_output / "runs.jsonl"  # under a file
-    result = run("--runs", 1, "--interval", 1, "--url", source.add("/todos", ok()), "--output", good_output,
+    result = cli("--runs", 1, "--interval", 1, "--url", source.add("/todos", ok()), "--output", good_output,
                  "--history", history)
     assert (result.returncode, result.stderr) == (
         1, f"prefectflow.py: error: cannot write --history {history}: Not a directory\n")
