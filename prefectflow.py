@@ -147,7 +147,7 @@ def concat_records(parts: Iterable[list]) -> list:
 
 _encode_str = json.encoder.encode_basestring  # what json.dump uses with ensure_ascii=False
 _RECORD_KEYS = tuple(RENAME.values())
-_BATCH = 8192
+_BATCH = 8192  # records formatted, or renamed by the transform task, at a time
 
 
 class _NotPlain(Exception):
@@ -323,16 +323,29 @@ def _extract_one(url, timeout, deadline, max_bytes, allow_empty) -> List[Todo]:
         raise PayloadError(f"{mask_url(url)}: {exc}") from None
 
 
+# transform and concat take over the lists they are given and leave them empty: Prefect keeps
+# every task's result until the run ends, so otherwise a million todos would stay in memory
+# beside their records. A run is over once a task fails, and neither task is retried.
+
+
 @task
 def transform(records: List[Todo]) -> List[Record]:
-    """The todos with their keys renamed."""
-    return transform_records(records)
+    """The todos with their keys renamed; `records` is left empty, each todo freed once renamed."""
+    renamed = []
+    while records:  # a batch at a time from the end, where removing one moves nothing
+        batch = records[-_BATCH:]
+        del records[-_BATCH:]
+        renamed.append(transform_records(batch))
+    return concat_records(reversed(renamed))
 
 
 @task
 def concat(parts: List[List[Todo]]) -> List[Todo]:
-    """The sources' todos, in the order the sources were given."""
-    return concat_records(parts)
+    """The sources' todos, in the order the sources were given; `parts` are left empty."""
+    joined = concat_records(parts)
+    for part in parts:
+        part.clear()
+    return joined
 
 
 @task

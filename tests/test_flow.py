@@ -63,6 +63,7 @@ def test_flow_run_fetches_transforms_and_loads(source, tmp_path):
     state = flow.run(parameters={"parametro_url": source.add("/todos", ok())}, run_on_schedule=False)
     assert state.is_successful()
     assert state.result[flow.get_tasks(name="transform")[0]].result == RECORDS
+    assert state.result[flow.get_tasks(name="extract")[0]].result == []  # taken over by transform
     assert out.read_bytes() == RECORDS_JSON
 
 

@@ -1,23 +1,55 @@
 """Each task's .run() and the pure functions behind them."""
 import json
+import tracemalloc
 
 import pytest
 from conftest import RECORDS, RECORDS_JSON, TODOS, ok, status
 
 import prefectflow
-from prefectflow import extract, load, transform
+from prefectflow import concat, extract, load, transform
 
 
 def test_transform_renames_keys_in_order():
-    records = transform.run(TODOS)
+    records = transform.run(list(TODOS))
     assert records == RECORDS
     assert [list(r) for r in records] == [["UsuarioID", "ID", "Titulo", "Completado"]] * 3
 
 
-def test_transform_leaves_its_input_alone():
-    todos = json.loads(json.dumps(TODOS))
-    transform.run(todos)
-    assert todos == TODOS
+def test_transform_takes_its_input_over_a_batch_at_a_time(monkeypatch):
+    monkeypatch.setattr(prefectflow, "_BATCH", 2)
+    todos = [dict(TODOS[i % 3], id=i) for i in range(7)]
+    given = list(todos)
+    assert transform.run(given) == prefectflow.transform_records(todos)
+    assert given == []
+    assert todos == [dict(TODOS[i % 3], id=i) for i in range(7)]  # the todos themselves are not changed
+
+
+def test_transform_frees_each_todo_once_renamed(monkeypatch):
+    monkeypatch.setattr(prefectflow, "_BATCH", 256)
+
+    def todos():
+        return json.loads(json.dumps([dict(TODOS[i % 3], id=i) for i in range(20_000)]))
+
+    def peak(rename):
+        given = todos()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        rename(given)
+        return tracemalloc.get_traced_memory()[1] - before
+
+    tracemalloc.start()  # before the todos are made, so that freeing them counts
+    try:
+        both, taken = peak(prefectflow.transform_records), peak(transform.run)
+    finally:
+        tracemalloc.stop()
+    assert both > 20_000 * 150  # every todo and its record at once
+    assert taken < both / 4
+
+
+def test_concat_joins_in_order_and_takes_the_parts_over():
+    parts = [TODOS[2:], [], TODOS[:1]]
+    assert concat.run(parts) == TODOS[2:] + TODOS[:1]
+    assert parts == [[], [], []]
 
 
 def test_extract_returns_the_todos(source):
