@@ -147,7 +147,9 @@ def concat_records(parts: Iterable[list]) -> list:
 
 _encode_str = json.encoder.encode_basestring  # what json.dump uses with ensure_ascii=False
 _RECORD_KEYS = tuple(RENAME.values())
-_BATCH = 8192  # records formatted, or renamed by the transform task, at a time
+# Records formatted, or renamed by the transform task, at a time: about 250 KB of text. At 8192,
+# each batch's text got fresh memory from the kernel (mmap) and the writer took 0.3 s longer.
+_BATCH = 2048
 
 
 class _NotPlain(Exception):
