@@ -15,20 +15,25 @@ def test_transform_renames_keys_in_order():
     assert [list(r) for r in records] == [["UsuarioID", "ID", "Titulo", "Completado"]] * 3
 
 
+def numbered(count):
+    """count todos like TODOS, with ids 0 to count - 1."""
+    return [dict(TODOS[i % 3], id=i) for i in range(count)]
+
+
 def test_transform_takes_its_input_over_a_batch_at_a_time(monkeypatch):
     monkeypatch.setattr(prefectflow, "_BATCH", 2)
-    todos = [dict(TODOS[i % 3], id=i) for i in range(7)]
+    todos = numbered(7)
     given = list(todos)
     assert transform.run(given) == prefectflow.transform_records(todos)
     assert given == []
-    assert todos == [dict(TODOS[i % 3], id=i) for i in range(7)]  # the todos themselves are not changed
+    assert todos == numbered(7)  # the todos themselves are not changed
 
 
 def test_transform_frees_each_todo_once_renamed(monkeypatch):
     monkeypatch.setattr(prefectflow, "_BATCH", 256)
 
     def todos():
-        return json.loads(json.dumps([dict(TODOS[i % 3], id=i) for i in range(20_000)]))
+        return json.loads(json.dumps(numbered(20_000)))
 
     def peak(rename):
         given = todos()
