@@ -1,16 +1,14 @@
-"""The command line, run as a user runs it: in a subprocess."""
+"""etl.cli and main(): options, usage rules and executors; the command line run as a user runs it."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECORDS, RECORDS_JSON, ROOT, cli, last_line, ok, status
+from conftest import RECORDS_JSON, ROOT, cli, last_line, ok, status
 
 import prefectflow
-
-has_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="needs graphviz's dot program")
+from etl.cli import make_executor, parse_args
 
 
 def test_once_writes_the_transformed_records(source, tmp_path):
@@ -32,57 +30,6 @@ def test_once_exits_1_with_one_line_when_the_run_fails(source, good_output):
     assert result.stderr == f"prefectflow.py: error: extract failed after 2 attempts: {url} answered HTTP 404 Not Found\n"
     assert "Traceback" not in result.stdout + result.stderr
     assert good_output.read_bytes() == RECORDS_JSON
-
-
-def test_demo_retries_once_and_writes_the_sample(tmp_path):
-    out = tmp_path / "out" / "demo.json"
-    result = cli("--demo", "--output", out)
-    assert result.returncode == 0, result.stderr
-    assert "Task 'extract': Finished task run for task with final state: 'Retrying'" in result.stdout
-    assert "Flow run SUCCESS" in result.stdout
-    sample = json.loads((ROOT / "sample" / "todos.json").read_text(encoding="utf-8"))
-    assert len(sample) == 200
-    assert out.read_bytes() == (ROOT / "datos.json").read_bytes()
-    assert json.loads(out.read_text(encoding="utf-8")) == prefectflow.transform_records(sample)
-
-
-@has_dot
-def test_visualize_writes_a_png_and_nothing_else(tmp_path):
-    for neighbour in ("flow", "flow.gv"):
-        (tmp_path / neighbour).write_text("mine")
-    result = cli("--visualize", tmp_path / "flow.png", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow", "flow.gv", "flow.png"]
-    assert (tmp_path / "flow").read_text() == (tmp_path / "flow.gv").read_text() == "mine"
-
-
-@has_dot
-def test_visualize_after_a_run_colours_the_tasks_by_state(source, tmp_path):
-    url = source.add("/todos", ok())
-    result = cli("--once", "--url", url, "--visualize", tmp_path / "flow.svg", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    svg = (tmp_path / "flow.svg").read_text()
-    assert svg.count('fill="#28a745"') == 4  # Success green, once per task
-
-
-def test_visualize_dot_needs_no_graphviz(tmp_path):
-    result = cli("--visualize", tmp_path / "flow.dot", env={"PATH": str(tmp_path)})
-    assert result.returncode == 0, result.stderr
-    dot = (tmp_path / "flow.dot").read_text()
-    assert dot.startswith("digraph {")
-    for name in ("parametro_url", "extract", "transform", "load"):
-        assert f"label={name}" in dot
-    assert dot.count("->") == 3
-
-
-def test_visualize_without_dot_says_what_to_install(tmp_path):
-    result = cli("--visualize", tmp_path / "flow.png", env={"PATH": str(tmp_path)})
-    assert result.returncode == 1
-    assert result.stderr == (
-        "prefectflow.py: error: graphviz's `dot` program is missing; install it "
-        "(apt-get install graphviz, brew install graphviz) or use a .dot path\n")
-    assert not (tmp_path / "flow.png").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -131,3 +78,26 @@ def test_prefect_cli_runs_the_module_flow(source, tmp_path):
                              f"parametro_url={url}"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def describe(executor):
+    kind = type(executor).__name__
+    if kind == "LocalDaskExecutor":
+        return kind, executor.scheduler, executor.dask_config["num_workers"]
+    if kind == "DaskExecutor":
+        kwargs = executor.cluster_kwargs or {}
+        return kind, executor.address, kwargs.get("n_workers"), kwargs.get("threads_per_worker")
+    return (kind,)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ("LocalExecutor",)),
+    (["--url", "a"] * 2 + ["--url", "b"], ("LocalDaskExecutor", "threads", 3)),
+    (["--url", "a"] * 40, ("LocalDaskExecutor", "threads", 32)),
+    (["--workers", "3"], ("LocalDaskExecutor", "threads", 3)),
+    (["--executor", "processes"], ("LocalDaskExecutor", "processes", 1)),
+    (["--executor", "dask", "--workers", "2"] + ["--url", "a"] * 5, ("DaskExecutor", None, 2, 3)),
+    (["--dask-address", "tcp://127.0.0.1:8786"], ("DaskExecutor", "tcp://127.0.0.1:8786", None, None)),
+])
+def test_executor_options(args, expected):
+    assert describe(make_executor(parse_args(args))) == expected

@@ -1,11 +1,100 @@
-"""The flow's shape, and whole runs of it on a loopback server."""
+"""prefectflow.py: each task's .run(), the flow's shape, and whole runs of it on a loopback server,
+on every executor and on a real Dask cluster."""
 import datetime
 import json
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
 
 import pendulum
-from conftest import RECORDS, RECORDS_JSON, TODOS, ok, status
+import pytest
+from conftest import RECORDS, RECORDS_JSON, TODOS, cli, ok, status
 
 import prefectflow
+from etl.errors import SourceError
+from etl.records import transform_records
+from etl.service import run_once
+from prefectflow import concat, extract, load, transform
+
+
+# Each task's .run() ---------------------------------------------------------------
+
+def test_transform_renames_keys_in_order():
+    records = transform.run(list(TODOS))
+    assert records == RECORDS
+    assert [list(r) for r in records] == [["UsuarioID", "ID", "Titulo", "Completado"]] * 3
+
+
+def numbered(count):
+    """count todos like TODOS, with ids 0 to count - 1."""
+    return [dict(TODOS[i % 3], id=i) for i in range(count)]
+
+
+def test_transform_takes_its_input_over_a_batch_at_a_time(monkeypatch):
+    monkeypatch.setattr(prefectflow, "BATCH", 2)
+    todos = numbered(7)
+    given = list(todos)
+    assert transform.run(given) == transform_records(todos)
+    assert given == []
+    assert todos == numbered(7)  # the todos themselves are not changed
+
+
+def test_transform_frees_each_todo_once_renamed(monkeypatch):
+    monkeypatch.setattr(prefectflow, "BATCH", 256)
+
+    def todos():
+        return json.loads(json.dumps(numbered(20_000)))
+
+    def peak(rename):
+        given = todos()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        rename(given)
+        return tracemalloc.get_traced_memory()[1] - before
+
+    tracemalloc.start()  # before the todos are made, so that freeing them counts
+    try:
+        both, taken = peak(transform_records), peak(transform.run)
+    finally:
+        tracemalloc.stop()
+    assert both > 20_000 * 150  # every todo and its record at once
+    assert taken < both / 4
+
+
+def test_concat_joins_in_order_and_takes_the_parts_over():
+    parts = [TODOS[2:], [], TODOS[:1]]
+    assert concat.run(parts) == TODOS[2:] + TODOS[:1]
+    assert parts == [[], [], []]
+
+
+def test_extract_returns_the_todos(source):
+    assert extract.run(source.add("/todos", ok())) == TODOS
+    assert source.hits("/todos") == 1
+
+
+def test_extract_of_several_urls_joins_them_in_order(source):
+    first = source.add("/a", ok(TODOS[:1]))
+    second = source.add("/b", ok(TODOS[1:]))
+    assert extract.run([second, first]) == TODOS[1:] + TODOS[:1]
+
+
+def test_extract_raises_on_http_error(source):
+    url = source.add("/todos", status(500))
+    with pytest.raises(SourceError, match=f"^{url} answered HTTP 500 Internal Server Error$"):
+        extract.run(url)
+
+
+def test_load_writes_indented_utf8_json(tmp_path):
+    path = tmp_path / "datos.json"
+    assert load.run(RECORDS, str(path)) == 3
+    assert path.read_bytes() == RECORDS_JSON
+    assert "señal" in path.read_text(encoding="utf-8")
+
+
+# The flow ----------------------------------------------------------------------
 
 
 def edges(flow):
@@ -71,7 +160,7 @@ def test_flow_retries_a_flaky_source_until_it_answers(source, tmp_path):
     out = tmp_path / "datos.json"
     url = source.add("/todos", status(503), status(502), status(500), ok())
     flow = prefectflow.build_flow(retries=5, retry_delay=0.01, output=str(out))
-    summary, state = prefectflow.run_once(flow, [url])
+    summary, state = run_once(flow, [url])
     assert state.is_successful()
     assert source.hits("/todos") == 4
     assert (summary["state"], summary["records"], summary["attempts"]) == ("Success", 3, 4)
@@ -81,7 +170,7 @@ def test_flow_retries_a_flaky_source_until_it_answers(source, tmp_path):
 def test_flow_gives_up_after_its_retries(source, good_output):
     url = source.add("/todos", status(404))
     flow = prefectflow.build_flow(retries=2, retry_delay=0.01, output=str(good_output))
-    summary, state = prefectflow.run_once(flow, [url])
+    summary, state = run_once(flow, [url])
     assert state.is_failed()
     assert source.hits("/todos") == 3
     assert summary["error"] == f"extract failed after 3 attempts: {url} answered HTTP 404 Not Found"
@@ -95,3 +184,80 @@ def test_module_flow_accepts_a_list_of_urls(source, tmp_path, monkeypatch):
     assert state.is_successful()
     written = json.loads((tmp_path / "datos.json").read_text(encoding="utf-8"))
     assert written == RECORDS[1:] + RECORDS[:1]
+
+
+# Several sources -------------------------------------------------------------------
+
+
+def test_several_sources_make_the_mapped_graph():
+    flow = prefectflow.build_flow(mapped=True)
+    assert sorted((e.upstream_task.name, e.downstream_task.name, e.mapped) for e in flow.edges) == [
+        ("concat", "transform", False),
+        ("extract", "concat", False),
+        ("parametro_url", "extract", True),
+        ("transform", "load", False),
+    ]
+
+
+@pytest.mark.parametrize("executor", [[], ["--executor", "local"], ["--executor", "threads", "--workers", "2"],
+                                      ["--executor", "processes", "--workers", "2"]])
+def test_several_sources_are_joined_in_the_order_given(source, tmp_path, executor):
+    first = source.add("/first", ok(TODOS[2:]))
+    flaky = source.add("/flaky", status(503), status(502), ok(TODOS[:1]))
+    last = source.add("/last", ok(TODOS[1:2]))
+    out = tmp_path / "datos.json"
+    result = cli("--once", "--retries", 3, "--retry-delay", 0.01, "--url", first, "--url", flaky,
+                 "--url", last, "--output", out, *executor)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(out.read_text(encoding="utf-8")) == RECORDS[2:] + RECORDS[:1] + RECORDS[1:2]
+    assert [source.hits(p) for p in ("/first", "/flaky", "/last")] == [1, 3, 1]
+    assert "Success, 3 records written, 5 extract attempts" in result.stdout
+
+
+def test_one_failing_source_fails_the_run_and_writes_nothing(source, good_output):
+    good = source.add("/good", ok())
+    bad = source.add("/bad", status(404))
+    result = cli("--once", "--retries", 2, "--retry-delay", 0.01, "--url", good, "--url", bad,
+                 "--output", good_output)
+    assert result.returncode == 1
+    assert result.stderr == f"prefectflow.py: error: extract failed after 3 attempts: {bad} answered HTTP 404 Not Found\n"
+    assert (source.hits("/good"), source.hits("/bad")) == (1, 3)
+    assert good_output.read_bytes() == RECORDS_JSON
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A Dask scheduler and a worker, as separate processes on 127.0.0.1."""
+    bin_dir = Path(sys.executable).parent
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    log = (tmp_path / "dask.log").open("w")
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                               address.rsplit(":", 1)[1], "--no-dashboard"], stdout=log, stderr=log)]
+    procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nthreads", "4", "--no-dashboard",
+                                   "--host", "127.0.0.1"], stdout=log, stderr=log, cwd=tmp_path))
+    deadline = time.monotonic() + 60
+    while "Registered to" not in (tmp_path / "dask.log").read_text():
+        assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
+        time.sleep(0.1)
+    yield address
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_real_dask_cluster_gives_the_same_output(source, tmp_path, dask_cluster):
+    urls = [source.add("/a", ok(TODOS[1:])), source.add("/b", status(503), ok(TODOS[:1]))]
+    args = ["--once", "--retry-delay", "0.01"] + [a for u in urls for a in ("--url", u)]
+    on_dask = cli(*args, "--dask-address", dask_cluster, "--output", tmp_path / "dask.json")
+    assert on_dask.returncode == 0, on_dask.stdout + on_dask.stderr
+    assert (source.hits("/a"), source.hits("/b")) == (1, 2)
+    local = cli(*args, "--executor", "local", "--output", tmp_path / "local.json")
+    assert local.returncode == 0, local.stderr
+    assert (tmp_path / "dask.json").read_bytes() == (tmp_path / "local.json").read_bytes()
+    assert json.loads((tmp_path / "dask.json").read_text(encoding="utf-8")) == RECORDS[1:] + RECORDS[:1]

@@ -1,0 +1,15 @@
+"""The machinery behind prefectflow.py, one module per concern.
+
+settings  the report's defaults and the limits every layer shares
+errors    the failures we explain in one line
+source    fetching a source over HTTP, under limits; masking secrets in URLs
+records   todos and records: validation, renaming, the JSON writer's encoding
+sink      the output file's atomic replace, and history lines
+service   one run and its summary, the schedule loop, signals
+cli       options, usage rules, logging and executors
+demo      the loopback server behind --demo
+diagram   the flow drawn by Graphviz
+
+Imports run one way: cli and service -> (prefectflow.py's flow and tasks) -> source, records, sink.
+Nothing here imports prefectflow.py.
+"""

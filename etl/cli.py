@@ -1,0 +1,162 @@
+"""The command line: its options and usage rules, logging, the executor the options ask for, and
+the one line a failure prints on stderr."""
+import argparse
+import logging
+import math
+import os
+import sys
+import warnings
+from typing import Callable, List, Optional
+
+import cloudpickle
+import prefect
+from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalExecutor
+
+import etl
+from etl.diagram import FORMATS
+from etl.errors import Explained
+from etl.settings import API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
+
+PROG = "prefectflow.py"
+
+
+def error(message: str) -> None:
+    """The one line a failure prints on stderr."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _at_least(kind: type, low: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of that kind, at least low."""
+    return _number(kind, lambda value: value >= low, f"must be at least {low}")
+
+
+def _greater_than(kind: type, low: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of that kind, greater than low."""
+    return _number(kind, lambda value: value > low, f"must be greater than {low}")
+
+
+def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number: {text}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}: {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid float value"
+    return parse
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fetch todos, rename their keys, write them to a JSON file; "
+                    "every --interval seconds until stopped, or once.",
+        epilog="Exit status: 0 success, 1 the run failed, 2 bad usage, 130 SIGINT, 143 SIGTERM.",
+    )
+    add = parser.add_argument
+    add("--url", action="append", metavar="URL",
+        help=f"source of the todos; repeat to fetch several in parallel (default: {API_URL})")
+    add("--output", default=OUTPUT, metavar="PATH", help="file to write (default: %(default)s)")
+    add("--once", action="store_true", help="run once now instead of on the schedule")
+    add("--demo", action="store_true",
+        help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
+    add("--interval", type=_at_least(float, 1), metavar="SECONDS",
+        help=f"time between scheduled runs, at least 1 (default: {INTERVAL:g})")
+    add("--runs", type=_greater_than(int, 0), metavar="N",
+        help="stop after N scheduled runs (default: never)")
+    add("--history", metavar="PATH", help="append a JSON line per run to this file")
+    add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
+        help="retries of a failed fetch, per source (default: %(default)s)")
+    add("--retry-delay", type=_at_least(float, 0), metavar="SECONDS",
+        help=f"wait between retries (default: {RETRY_DELAY:g}; 1 with --demo)")
+    add("--timeout", type=_greater_than(float, 0), default=TIMEOUT, metavar="SECONDS",
+        help="limit to connect, and between two reads of the body (default: %(default)g)")
+    add("--deadline", type=_greater_than(float, 0), default=DEADLINE, metavar="SECONDS",
+        help="limit for a whole response (default: %(default)g)")
+    add("--max-bytes", type=_greater_than(int, 0), default=MAX_BYTES, metavar="N",
+        help="largest body accepted, in bytes (default: %(default)s, 100 MiB)")
+    add("--allow-empty", action="store_true", help="let an empty list replace the output")
+    add("--executor", choices=["local", "threads", "processes", "dask"],
+        help="how tasks run (default: local for one source, threads for several)")
+    add("--workers", type=_greater_than(int, 0), metavar="N",
+        help=f"threads or processes (default: one per source, at most {MAX_THREADS}); "
+             "with --executor dask, worker processes of the local cluster (default: one per core)")
+    add("--dask-address", metavar="tcp://HOST:PORT", help="run on this Dask cluster (implies --executor dask)")
+    add("--visualize", metavar="PATH",
+        help="draw the flow to PATH (.png, .svg, .pdf; .dot or .gv for the DOT source) and exit; "
+             "with --once or --demo, draw it after the run, coloured by state")
+    add("--debug", action="store_true", help="log everything, with tracebacks")
+    add("-q", "--quiet", action="store_true", help="log errors only")
+    args = parser.parse_args(argv)
+
+    def conflict(*names: str) -> None:
+        parser.error(f"{' and '.join(names)} cannot be used together")
+
+    args.once = args.once or args.demo
+    if args.demo and args.url:
+        conflict("--demo", "--url")
+    if args.once and args.runs:
+        conflict("--once" if not args.demo else "--demo", "--runs")
+    if args.once and args.interval is not None:
+        conflict("--once" if not args.demo else "--demo", "--interval")
+    if args.debug and args.quiet:
+        conflict("--debug", "--quiet")
+    if args.dask_address:
+        if args.executor not in (None, "dask"):
+            conflict("--dask-address", f"--executor {args.executor}")
+        args.executor = "dask"
+        if args.workers:
+            conflict("--dask-address", "--workers")
+    if args.workers and args.executor == "local":
+        conflict("--workers", "--executor local")
+    if args.workers and args.executor is None:
+        args.executor = "threads"
+    if args.visualize and not args.once and (args.runs or args.history):
+        conflict("--visualize", "--runs" if args.runs else "--history")
+    if args.visualize and not args.visualize.lower().endswith(tuple("." + f for f in FORMATS)):
+        parser.error(f"--visualize: unknown format {args.visualize!r}; use .png, .svg, .pdf, .dot or .gv")
+    if args.interval is None:
+        args.interval = INTERVAL
+    if args.retry_delay is None:
+        args.retry_delay = 1.0 if args.demo else RETRY_DELAY
+    args.urls = args.url or [API_URL]
+    return args
+
+
+def make_executor(args: argparse.Namespace) -> Executor:
+    """The Prefect executor the options ask for."""
+    sources = min(len(args.urls), MAX_THREADS)
+    if args.executor == "dask":
+        # Workers need not have this project: our functions travel with the tasks, by value.
+        cloudpickle.register_pickle_by_value(etl)
+        # Dask's "already contains a plugin" warning on each start is harmless.
+        warnings.filterwarnings("ignore", message="Scheduler already contains a plugin")
+        if args.dask_address:
+            return DaskExecutor(address=args.dask_address)
+        workers = args.workers or os.cpu_count() or 1
+        return DaskExecutor(cluster_kwargs={
+            "n_workers": workers, "threads_per_worker": -(-sources // workers), "dashboard_address": None})
+    if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
+        return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)
+    return LocalExecutor()
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Without --debug: tracebacks become one line; failures of ours already logged are dropped."""
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        if isinstance(exc, Explained):
+            return False
+        record.msg = f"{record.getMessage()} {type(exc).__name__}: {exc}"
+        record.args, record.exc_info, record.exc_text = (), None, None
+    return True
+
+
+def setup_logging(debug: bool, quiet: bool) -> None:
+    root = prefect.utilities.logging.get_logger()
+    root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO)
+    for handler in root.handlers:
+        handler.removeFilter(_one_line)
+        if not debug:
+            handler.addFilter(_one_line)
