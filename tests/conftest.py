@@ -151,3 +151,17 @@ def good_output(tmp_path):
     path = tmp_path / "datos.json"
     path.write_bytes(RECORDS_JSON)
     return path
+
+
+def caught_writing(proc, output, deadline=60):
+    """Wait until proc has a temporary file beside output (True), or has replaced output or ended
+    before one was seen (False): on a busy machine the write can come and go between two looks."""
+    inode = output.stat().st_ino if output.exists() else None
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if any(name.endswith(".tmp") for name in os.listdir(output.parent)):
+            return True
+        if proc.poll() is not None or (output.exists() and output.stat().st_ino != inode):
+            return False
+        time.sleep(0)
+    raise AssertionError(f"no write to {output} within {deadline} s")
