@@ -9,6 +9,7 @@ from __future__ import annotations  # keeps the TypedDicts out of what Dask pick
 import datetime
 import functools
 import os
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Union
@@ -18,12 +19,11 @@ import prefect
 from prefect import Flow, Parameter, task, unmapped
 from prefect.schedules import IntervalSchedule
 
-from etl import cli, demo, diagram, service
+from etl import cli, demo, diagram, service, sink
 from etl.errors import PayloadError, SourceError
 from etl.records import BATCH, Record, Todo, concat_records, transform_records, validate
 from etl.settings import (DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY,
                           TIMEOUT)
-from etl.sink import write_json
 from etl.source import fetch_json, mask_url
 
 log = prefect.utilities.logging.get_logger("prefectflow")
@@ -33,6 +33,13 @@ def _keep_attempts(task, old_state, new_state):
     """Record on the final state how many times the task ran, for the run summary."""
     if new_state.is_finished():
         new_state.context["attempts"] = prefect.context.get("task_run_count", 1)
+    return new_state
+
+
+def _keep_host(task, old_state, new_state):
+    """Record on the final state where the task ran: on a cluster, another machine."""
+    if new_state.is_finished():
+        new_state.context["host"] = f"{socket.gethostname()} (pid {os.getpid()})"
     return new_state
 
 
@@ -49,8 +56,15 @@ def extract(url: Union[str, List[str]], timeout: float = TIMEOUT, deadline: floa
                                     max_bytes=max_bytes, allow_empty=allow_empty)
     if isinstance(url, str):
         return extract_one(url)
+    _require_sources(url)
     with ThreadPoolExecutor(min(len(url), MAX_THREADS) or 1) as pool:
         return concat_records(pool.map(extract_one, url))
+
+
+def _require_sources(sources: list) -> None:
+    """An empty list of URLs would write an empty output over the last good one."""
+    if not sources:
+        raise PayloadError("parametro_url is an empty list: give at least one URL")
 
 
 def _extract_one(url: str, timeout: float, deadline: float, max_bytes: int, allow_empty: bool) -> List[Todo]:
@@ -79,16 +93,17 @@ def transform(records: List[Todo]) -> List[Record]:
 @task
 def concat(parts: List[List[Todo]]) -> List[Todo]:
     """The sources' todos, in the order the sources were given; `parts` are left empty."""
+    _require_sources(parts)
     joined = concat_records(parts)
     for part in parts:
         part.clear()
     return joined
 
 
-@task
+@task(state_handlers=[_keep_host])
 def load(records: List[Record], path: str = OUTPUT) -> int:
     """How many records were written to path."""
-    write_json(records, path)
+    sink.write_json(records, path)
     prefect.context.get("logger", log).info("Wrote %d records to %s", len(records), path)
     return len(records)
 
@@ -139,6 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except OSError as exc:
             cli.error(f"cannot write --history {args.history}: {exc.strerror}")
             return service.EXIT_FAILED
+    # On a cluster the workers write the output: a relative path would be theirs, not ours.
+    args.output = os.path.abspath(args.output)
     etl_flow = build_flow(
         retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         deadline=args.deadline, max_bytes=args.max_bytes, output=args.output,
@@ -162,6 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 status = max(status, _draw(etl_flow, args.visualize, state))
             return status
     except service.Stopped as stop:
+        sink.remove_unfinished()  # writes in worker threads: the process ends before they can
         print(f"{cli.PROG}: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
 

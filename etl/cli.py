@@ -148,7 +148,8 @@ def _one_line(record: logging.LogRecord) -> bool:
         exc = record.exc_info[1]
         if isinstance(exc, Explained):
             return False
-        record.msg = f"{record.getMessage()} {type(exc).__name__}: {exc}"
+        message, cause = record.getMessage(), f"{type(exc).__name__}: {exc}"
+        record.msg = message if str(exc) in message else f"{message} {cause}"
         record.args, record.exc_info, record.exc_text = (), None, None
     return True
 

@@ -2,6 +2,7 @@
 signals that stop it."""
 import contextlib
 import gc
+import os
 import signal
 import time
 from typing import Iterator, List, Optional, Tuple
@@ -12,6 +13,7 @@ from prefect import Flow
 from prefect.engine.state import State
 from prefect.executors import Executor, LocalExecutor
 
+from etl.cli import error
 from etl.errors import Explained
 from etl.sink import append_line
 from etl.source import mask_url
@@ -60,6 +62,7 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
              scheduled: Optional[pendulum.DateTime] = None) -> Tuple[dict, State]:
     """Run the flow once now; a summary of the run (see --history) and the flow's state."""
     started = pendulum.now("utc")
+    before = _identity(_output(flow))
     param = urls[0] if len(urls) == 1 and not _is_mapped(flow) else urls
     with no_gc():  # a run's data is freed by reference counting; collect after it, not during
         state = flow.run(parameters={"parametro_url": param}, run_on_schedule=False,
@@ -74,12 +77,36 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
         "attempts": sum(s.context.get("attempts", 0) for s in _task_states(flow, state, "extract")),
         "urls": [mask_url(u) for u in urls],
     }
-    if not state.is_successful():
+    if state.is_successful() and _identity(_output(flow)) in (None, before):
+        summary["state"], summary["records"] = "Failed", 0
+        summary["error"] = _unseen_output(flow, state)
+    elif not state.is_successful():
         summary["error"] = _error(flow, state)
     log.info("Run started %s (scheduled %s): %s, %d records written, %d extract attempts, %.3f s",
              summary["started"], summary["scheduled"], summary["state"], summary["records"],
              summary["attempts"], (finished - started).total_seconds())
     return summary, state
+
+
+def _output(flow: Flow) -> str:
+    return flow.constants[flow.get_tasks(name="load")[0]]["path"]
+
+
+def _identity(path: str) -> Optional[tuple]:
+    """What tells one file at path from the next: each write replaces it with a new file."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns
+
+
+def _unseen_output(flow: Flow, state: State) -> str:
+    """Why a run whose load succeeded left no new output here: it ran on another machine."""
+    (load,) = _task_states(flow, state, "load")
+    return (f"load wrote {_output(flow)} on {load.context.get('host', 'a worker')}, but this machine "
+            "cannot see it: on a cluster the workers write the output, so give --output a path on "
+            "storage they share with you")
 
 
 def _is_mapped(flow: Flow) -> bool:
@@ -107,29 +134,76 @@ def _error(flow: Flow, state: State) -> str:
     return f"the flow run failed: {state.message}"
 
 
+class Clock:
+    """Wall time for the schedule's slots, the monotonic clock for sleeping. Each reading compares
+    the two, so a change of the system clock is noticed and logged as what it is."""
+
+    JUMP = 1.0  # seconds the two clocks may drift apart between readings before it counts as a jump
+    NAP = 60.0  # longest single sleep: a jump while waiting is noticed within this long
+
+    def __init__(self) -> None:
+        self.offset: Optional[float] = None  # wall minus monotonic, at the last reading
+        self.jumps = 0
+
+    def now(self) -> pendulum.DateTime:
+        wall, mono = self.wall(), self.monotonic()
+        offset = wall.timestamp() - mono
+        if self.offset is not None and abs(offset - self.offset) > self.JUMP:
+            jump = offset - self.offset
+            self.jumps += 1
+            log.warning("The system clock jumped %s by %.0f s", "forward" if jump > 0 else "back", abs(jump))
+        self.offset = offset
+        return wall
+
+    def wait_until(self, when: pendulum.DateTime) -> None:
+        """Sleep until the wall clock reads when, in monotonic naps that notice a jump."""
+        while (left := (when - self.now()).total_seconds()) > 0:
+            self.sleep(min(left, self.NAP))
+
+    # What tests replace:
+    def wall(self) -> pendulum.DateTime:
+        return pendulum.now("utc")
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = None,
-          executor: Optional[Executor] = None) -> int:
-    """Run on the flow's schedule until stopped, or `runs` runs; the exit status of the last run."""
+          executor: Optional[Executor] = None, clock: Optional[Clock] = None) -> int:
+    """Run on the flow's schedule until stopped, or `runs` runs; the exit status of the last run.
+
+    Each slot of the schedule runs at most once, never before its time. A run longer than the
+    interval skips the slots it overran; a clock that jumps forward skips the slots it jumped
+    over, and one that jumps back makes the next run wait for the next slot not yet run.
+    """
+    clock = clock or Clock()
     schedule = flow.schedule
-    slot = schedule.next(1, after=pendulum.now("utc").subtract(seconds=1))[0]
+    slot = schedule.next(1, after=clock.now().subtract(seconds=1))[0]
     done = 0
     while True:
-        wait = (slot - pendulum.now("utc")).total_seconds()
-        if wait > 0:
+        if slot > clock.now():
             log.info("Waiting for next scheduled run at %s", slot)
-            time.sleep(wait)
+            clock.wait_until(slot)
+        jumps = clock.jumps
         summary, _ = run_once(flow, urls, executor, scheduled=slot)
         append_history(history, summary)
         if "error" in summary:
             log.error("Run failed: %s", summary["error"])
+            error(f"the run scheduled at {summary['scheduled']} failed: {summary['error']}")
         done += 1
         if done == runs:
             return EXIT_OK if "error" not in summary else EXIT_FAILED
         following = schedule.next(1, after=slot)[0]
-        slot = schedule.next(1, after=pendulum.now("utc"))[0]
+        slot = max(following, schedule.next(1, after=clock.now())[0])
         if slot > following:
             missed = round((slot - following).total_seconds() / schedule.clocks[0].interval.total_seconds())
-            log.warning("The run took longer than the interval: skipping %d missed slot(s)", missed)
+            if clock.jumps == jumps:
+                log.warning("The run took longer than the interval: skipping %d missed slot(s)", missed)
+            else:
+                log.warning("Skipping %d slot(s) the clock jumped over", missed)
 
 
 def append_history(history: Optional[str], summary: dict) -> None:

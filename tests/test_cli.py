@@ -1,5 +1,6 @@
 """etl.cli and main(): options, usage rules and executors; the command line run as a user runs it."""
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,19 @@ def describe(executor):
 ])
 def test_executor_options(args, expected):
     assert describe(make_executor(parse_args(args))) == expected
+
+
+@pytest.mark.parametrize("mode", [["--once"], ["--runs", "1", "--interval", "1"]])
+def test_an_unreachable_dask_cluster_fails_with_one_line_that_says_it_once(source, tmp_path, mode):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening: refused
+    result = cli(*mode, "--url", source.add("/todos", ok()), "--dask-address", address, "--output",
+                 tmp_path / "d.json", env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
+    assert result.returncode == 1
+    cause = f"Unexpected error: OSError('Timed out trying to connect to {address} after 1 s')"
+    assert result.stderr.endswith(f"the flow run failed: {cause}\n")
+    assert len(result.stderr.splitlines()) == 1
+    assert f"ERROR - prefect.FlowRunner | {cause}\n" in result.stdout
+    assert "OSError: Timed out" not in result.stdout  # said once per line, not twice
+    assert source.hits("/todos") == 0

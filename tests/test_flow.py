@@ -1,7 +1,9 @@
 """prefectflow.py: each task's .run(), the flow's shape, and whole runs of it on a loopback server,
 on every executor and on a real Dask cluster."""
+import contextlib
 import datetime
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pendulum
 import pytest
-from conftest import RECORDS, RECORDS_JSON, TODOS, cli, ok, status
+from conftest import RECORDS, RECORDS_JSON, ROOT, TODOS, cli, ok, status
 
 import prefectflow
 from etl.errors import SourceError
@@ -231,24 +233,35 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def dask_cluster(tmp_path):
-    """A Dask scheduler and a worker, as separate processes on 127.0.0.1."""
+@contextlib.contextmanager
+def dask_cluster_in(tmp_path, worker_prefix=()):
+    """A Dask scheduler and a worker, as separate processes on 127.0.0.1; the worker runs in a
+    folder of its own outside the project, as a real cluster's would."""
     bin_dir = Path(sys.executable).parent
     address = f"tcp://127.0.0.1:{_free_port()}"
+    (tmp_path / "workers").mkdir()
     log = (tmp_path / "dask.log").open("w")
     procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port",
                                address.rsplit(":", 1)[1], "--no-dashboard"], stdout=log, stderr=log)]
-    procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nthreads", "4", "--no-dashboard",
-                                   "--host", "127.0.0.1"], stdout=log, stderr=log, cwd=tmp_path))
-    deadline = time.monotonic() + 60
-    while "Registered to" not in (tmp_path / "dask.log").read_text():
-        assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
-        time.sleep(0.1)
-    yield address
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=30)
+    procs.append(subprocess.Popen([*worker_prefix, bin_dir / "dask", "worker", address, "--nthreads", "4",
+                                   "--no-dashboard", "--host", "127.0.0.1"],
+                                  stdout=log, stderr=log, cwd=tmp_path / "workers"))
+    try:
+        deadline = time.monotonic() + 60
+        while "Registered to" not in (tmp_path / "dask.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
+            time.sleep(0.1)
+        yield address
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    with dask_cluster_in(tmp_path) as address:
+        yield address
 
 
 def test_a_real_dask_cluster_gives_the_same_output(source, tmp_path, dask_cluster):
@@ -261,3 +274,67 @@ def test_a_real_dask_cluster_gives_the_same_output(source, tmp_path, dask_cluste
     assert local.returncode == 0, local.stderr
     assert (tmp_path / "dask.json").read_bytes() == (tmp_path / "local.json").read_bytes()
     assert json.loads((tmp_path / "dask.json").read_text(encoding="utf-8")) == RECORDS[1:] + RECORDS[:1]
+
+
+def test_on_a_cluster_a_relative_output_is_the_clients(source, tmp_path, dask_cluster):
+    client = tmp_path / "client"
+    client.mkdir()
+    result = cli("--once", "--url", source.add("/todos", ok()), "--dask-address", dask_cluster,
+                 "--output", "d.json", cwd=client)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (client / "d.json").read_bytes() == RECORDS_JSON
+    assert not (tmp_path / "workers" / "d.json").exists()
+
+
+def _can_unshare_mounts():
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs unshare --mount (root)")
+def test_on_a_cluster_an_output_this_machine_cannot_see_fails_naming_the_worker(source, tmp_path):
+    """The worker gets a mount namespace of its own with an empty folder over the output's: it writes
+    where the client cannot see, as a worker on another machine would."""
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs tmpfs "$0" && exec "$@"', str(tmp_path / "out")]
+    good_output = tmp_path / "out" / "datos.json"
+    good_output.parent.mkdir()
+    good_output.write_bytes(RECORDS_JSON)
+    with dask_cluster_in(tmp_path, hide) as address:
+        result = cli("--once", "--url", source.add("/todos", ok(TODOS[:1])), "--dask-address", address,
+                     "--output", good_output)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.fullmatch(
+        f"prefectflow.py: error: load wrote {good_output} on {re.escape(socket.gethostname())} "
+        r"\(pid \d+\), but this machine cannot see it: on a cluster the workers write the output, so "
+        "give --output a path on storage they share with you\n", result.stderr), result.stderr
+    assert good_output.read_bytes() == RECORDS_JSON
+
+
+def test_a_local_dask_cluster_gives_the_same_output(source, tmp_path):
+    urls = [source.add("/a", ok(TODOS[1:])), source.add("/b", status(503), ok(TODOS[:1]))]
+    result = cli("--once", "--retry-delay", "0.01", "--executor", "dask", "--workers", "1",
+                 *[a for u in urls for a in ("--url", u)], "--output", tmp_path / "d.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "d.json").read_text(encoding="utf-8")) == RECORDS[1:] + RECORDS[:1]
+    assert (source.hits("/a"), source.hits("/b")) == (1, 2)
+
+
+def test_an_empty_list_of_urls_fails_and_keeps_the_output(tmp_path, good_output, monkeypatch):
+    monkeypatch.chdir(good_output.parent)
+    for flow in (prefectflow.flow, prefectflow.build_flow(mapped=True)):
+        summary, state = run_once(flow, [])
+        assert state.is_failed()
+        assert summary["error"].endswith("failed: parametro_url is an empty list: give at least one URL")
+        assert good_output.read_bytes() == RECORDS_JSON
+
+
+def test_prefect_run_with_an_empty_list_of_urls_keeps_the_output(good_output):
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    result = subprocess.run([prefect, "run", "-p", str(ROOT / "prefectflow.py"), "--param", "parametro_url=[]"],
+                            cwd=good_output.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "parametro_url is an empty list: give at least one URL" in result.stdout
+    assert good_output.read_bytes() == RECORDS_JSON

@@ -9,6 +9,9 @@ import pendulum
 import pytest
 from conftest import RECORDS_JSON, SCRIPT, caught_writing, cli, hang, ok, slow, status
 
+import prefectflow
+from etl.service import Clock, serve
+
 
 def history(path):
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -38,6 +41,8 @@ def test_three_runs_with_failures_keep_the_last_good_output(source, tmp_path):
         assert pendulum.parse(r["started"]) >= when  # never early
         assert pendulum.parse(r["finished"]) >= pendulum.parse(r["started"])
     assert result.stdout.count("Run started") == 3
+    assert result.stderr.splitlines() == [
+        f"prefectflow.py: error: the run scheduled at {r['scheduled']} failed: {r['error']}" for r in runs[::2]]
 
 
 def test_runs_exit_0_when_the_last_run_succeeds(source, tmp_path):
@@ -127,3 +132,97 @@ def test_a_signal_does_not_wait_for_threads_blocked_on_sources(source, good_outp
     assert (proc.returncode, stderr) == (143, "prefectflow.py: stopped by SIGTERM\n")
     assert time.monotonic() - stopped < 5
     assert good_output.read_bytes() == RECORDS_JSON
+
+
+def test_a_signal_during_a_write_in_a_worker_thread_leaves_no_temporary_file(source, good_output):
+    """With several sources load runs in a thread of the threads executor, not in the main one."""
+    todos = [{"userId": 1, "id": i, "title": "x" * 40, "completed": False} for i in range(150_000)]
+    urls = [source.add("/a", ok(todos)), source.add("/b", ok(todos))]
+    for _ in range(3):  # until the signal is sent while the write is in progress
+        good_output.write_bytes(RECORDS_JSON)
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--once", "--url", urls[0], "--url", urls[1],
+                                 "--output", good_output], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if caught_writing(proc, good_output):
+            break
+        proc.kill()
+        proc.communicate()
+    else:
+        pytest.fail("the write was never caught in progress")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert (proc.returncode, stderr) == (143, "prefectflow.py: stopped by SIGTERM\n")
+    assert good_output.read_bytes() == RECORDS_JSON
+    assert [p.name for p in good_output.parent.iterdir()] == [good_output.name]
+
+
+class FakeClock(Clock):
+    """Time that passes only when the service sleeps, and a system clock a test can move."""
+
+    def __init__(self, start):
+        super().__init__()
+        self.mono, self.shift, self.start = 0.0, 0.0, start
+
+    def wall(self):
+        return self.start.add(seconds=self.mono + self.shift)
+
+    def monotonic(self):
+        return self.mono
+
+    def sleep(self, seconds):
+        self.mono += seconds
+
+
+def serve_with(clock, source, tmp_path, runs, *actions, interval=120):
+    """serve() on a fake clock; each request runs its action, then answers with the todos."""
+    def act(action):
+        def handle(handler):
+            action()
+            ok()(handler)
+        return handle
+    url = source.add("/todos", *map(act, actions))
+    log = tmp_path / "runs.jsonl"
+    flow = prefectflow.build_flow(output=str(tmp_path / "d.json"), interval=interval, start_date=clock.start)
+    assert serve(flow, [url], runs=runs, history=str(log), clock=clock) == 0
+    return [pendulum.parse(r["scheduled"]) for r in history(log)]
+
+
+START = pendulum.datetime(2030, 1, 1, 12, 0, 0)
+
+
+def test_a_clock_moved_back_never_runs_a_slot_twice(source, tmp_path, caplog):
+    clock = FakeClock(START)
+    def back():
+        if source.hits("/todos") == 2:  # during the 12:02 run
+            clock.shift -= 3600
+    scheduled = serve_with(clock, source, tmp_path, 3, back)
+    assert scheduled == [START, START.add(minutes=2), START.add(minutes=4)]
+    assert caplog.text.count("The system clock jumped back by 3600 s") == 1
+    assert "skipping" not in caplog.text.lower()
+
+
+def test_a_clock_moved_forward_skips_the_slots_it_jumped_over_as_a_jump(source, tmp_path, caplog):
+    clock = FakeClock(START)
+    def forward():
+        if source.hits("/todos") == 1:
+            clock.shift += 3600
+    scheduled = serve_with(clock, source, tmp_path, 2, forward)
+    assert scheduled == [START, START.add(minutes=62)]
+    assert "The system clock jumped forward by 3600 s" in caplog.text
+    assert "Skipping 30 slot(s) the clock jumped over" in caplog.text
+    assert "took longer than the interval" not in caplog.text
+
+
+def test_a_clock_moved_back_while_waiting_waits_for_the_next_slot_not_yet_run(source, tmp_path, caplog):
+    clock = FakeClock(START)
+    naps = []
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 1:
+            clock.shift -= 600
+        FakeClock.sleep(clock, seconds)
+    clock.sleep = sleep
+    scheduled = serve_with(clock, source, tmp_path, 2, lambda: None)
+    assert scheduled == [START, START.add(minutes=2)]
+    assert "The system clock jumped back by 600 s" in caplog.text
+    assert clock.wall() >= START.add(minutes=2)
+    assert sum(naps) == pytest.approx(120 + 600, abs=0.5)  # the 2 minutes, and the 10 it went back

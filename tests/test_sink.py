@@ -1,8 +1,13 @@
 """etl.sink: the output's atomic replace and the history's whole lines, on the real file system."""
 import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
 
 import pytest
-from conftest import RECORDS, RECORDS_JSON
+from conftest import RECORDS, RECORDS_JSON, ROOT, SCRIPT, ok
 
 from etl.errors import SinkError
 from etl.sink import append_line, write_json
@@ -49,3 +54,65 @@ def test_append_line_appends_whole_json_lines(tmp_path):
     append_line(str(path), {"state": "Success", "títle": "ñ"})
     append_line(str(path), {"state": "Failed"})
     assert path.read_text(encoding="utf-8") == '{"state": "Success", "títle": "ñ"}\n{"state": "Failed"}\n'
+
+
+def test_write_json_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "www" / "datos.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "datos.json"
+    link.symlink_to(target)
+    write_json(RECORDS, str(link))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == RECORDS_JSON
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["datos.json", "datos.json", "www"]
+
+
+def test_write_json_keeps_the_mode_of_an_existing_file_and_gives_a_new_one_the_umask(tmp_path):
+    kept, new = tmp_path / "kept.json", tmp_path / "new.json"
+    kept.write_text("old")
+    kept.chmod(0o600)
+    old_umask = os.umask(0o027)
+    try:
+        write_json(RECORDS, str(kept))
+        write_json(RECORDS, str(new))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0, reason="needs root and setpriv")
+def test_a_folder_that_cannot_be_synced_is_a_warning_once_the_file_is_replaced(source, tmp_path):
+    """Without capabilities, even root cannot open a folder it may only write to (mode 0300)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "datos.json").write_bytes(b"old")
+    folder.chmod(0o300)
+    try:
+        result = subprocess.run(
+            ["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, SCRIPT, "--once",
+             "--url", source.add("/todos", ok()), "--output", folder / "datos.json"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        folder.chmod(0o700)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (f"Wrote {folder / 'datos.json'}, but could not sync its folder {folder} (Permission denied): "
+            "the new file may not survive a power loss") in result.stdout
+    assert (folder / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def test_append_line_that_falls_short_leaves_the_file_as_it_was(tmp_path):
+    """RLIMIT_FSIZE lets the write go as far as the limit, then fails the rest as a full disk would."""
+    path = tmp_path / "runs.jsonl"
+    path.write_bytes(b'{"state": "Success"}\n' * 100)
+    before = path.read_bytes()
+    code = ("import resource, signal, sys; from etl.sink import append_line\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 10}, {len(before) + 10}))\n"
+            "try:\n    append_line(sys.argv[1], {'state': 'Failed', 'error': 'x' * 200})\n"
+            "except OSError as exc:\n    print(exc.strerror)\n")
+    result = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "File too large\n", "")
+    assert path.read_bytes() == before
