@@ -154,7 +154,16 @@ def _one_line(record: logging.LogRecord) -> bool:
     return True
 
 
+def _not_interrupted(record: logging.LogRecord) -> bool:
+    """A stopped run's threads executor interrupts its idle threads with KeyboardInterrupt
+    (LocalDaskExecutor._interrupt_pool); their "Exception in worker" traceback is noise."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def setup_logging(debug: bool, quiet: bool) -> None:
+    pool_log = logging.getLogger("concurrent.futures")
+    pool_log.removeFilter(_not_interrupted)
+    pool_log.addFilter(_not_interrupted)
     root = prefect.utilities.logging.get_logger()
     root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO)
     for handler in root.handlers:

@@ -15,6 +15,17 @@ from etl.records import encode_records
 log = prefect.utilities.logging.get_logger(__name__)
 
 
+# Temporary files being written now, by any thread: what a signal that ends the process removes.
+_writing: Set[str] = set()
+
+
+def remove_unfinished() -> None:
+    """Remove the temporary files of writes still in progress: the process is about to end."""
+    for tmp in list(_writing):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def write_json(records: list, path: str) -> None:
     """Replace path with records as JSON, atomically: the old file or the new one, never a mix.
 
@@ -58,17 +69,6 @@ def write_json(records: list, path: str) -> None:
     except OSError as exc:
         log.warning("Wrote %s, but could not sync its folder %s (%s): the new file may not survive "
                     "a power loss", path, folder, exc.strerror)
-
-
-# Temporary files being written now, by any thread: what a signal that ends the process removes.
-_writing: Set[str] = set()
-
-
-def remove_unfinished() -> None:
-    """Remove the temporary files of writes still in progress: the process is about to end."""
-    for tmp in list(_writing):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def append_line(path: str, record: dict) -> None:
