@@ -10,6 +10,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 command -v debootstrap >/dev/null || { echo "$0: needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
 
 root=$(mktemp -d "${TMPDIR:-/var/tmp}/fresh-debian-$suite.XXXXXX")
+chmod 755 "$root"   # mktemp makes it 0700: apt's _apt user must get through /
 cleanup() {
     for m in dev sys proc; do umount -R -l "$root/$m" 2>/dev/null || true; done
     rm -rf --one-file-system "$root" || echo "$0: could not remove $root" >&2
