@@ -1,5 +1,5 @@
-"""Running the flow: one run and its summary (the --history line), the schedule loop, and the
-signals that stop it."""
+"""Running the flow: one run and its summary (the --history line), the schedule loop, what it tells
+those who watch it, and the signals that stop it."""
 import contextlib
 import gc
 import signal
@@ -107,19 +107,56 @@ def _error(flow: Flow, state: State) -> str:
     return f"the flow run failed: {state.message}"
 
 
+class Watch:
+    """What serve() tells of its runs: each next slot once it is known, and each run's summary and
+    final state once the run is over. This one listens to nothing; etl.status, etl.metrics and
+    etl.notify do."""
+
+    def next_run(self, slot: pendulum.DateTime) -> None:
+        pass
+
+    def finished(self, summary: dict, state: State) -> None:
+        pass
+
+    def close(self) -> None:
+        """serve() has returned (after --runs runs): finish what is pending, within bounds."""
+
+
+class Watches(Watch):
+    """Several watches told the same, in order."""
+
+    def __init__(self, *watches: Watch):
+        self.watches = watches
+
+    def next_run(self, slot: pendulum.DateTime) -> None:
+        for watch in self.watches:
+            watch.next_run(slot)
+
+    def finished(self, summary: dict, state: State) -> None:
+        for watch in self.watches:
+            watch.finished(summary, state)
+
+    def close(self) -> None:
+        for watch in self.watches:
+            watch.close()
+
+
 def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = None,
-          executor: Optional[Executor] = None) -> int:
+          executor: Optional[Executor] = None, watch: Optional[Watch] = None) -> int:
     """Run on the flow's schedule until stopped, or `runs` runs; the exit status of the last run."""
+    watch = watch or Watch()
     schedule = flow.schedule
     slot = schedule.next(1, after=pendulum.now("utc").subtract(seconds=1))[0]
     done = 0
     while True:
+        watch.next_run(slot)
         wait = (slot - pendulum.now("utc")).total_seconds()
         if wait > 0:
             log.info("Waiting for next scheduled run at %s", slot)
             time.sleep(wait)
-        summary, _ = run_once(flow, urls, executor, scheduled=slot)
+        summary, state = run_once(flow, urls, executor, scheduled=slot)
         append_history(history, summary)
+        watch.finished(summary, state)
         if "error" in summary:
             log.error("Run failed: %s", summary["error"])
         done += 1
