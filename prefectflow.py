@@ -152,7 +152,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.demo:
                 args.urls = [demo.demo_url(demo.start_demo_server())]
             if not args.once:
-                return service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args))
+                try:
+                    watch = cli.make_watch(args, etl_flow)
+                except OSError as exc:
+                    cli.error(f"cannot listen on --listen {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}")
+                    return service.EXIT_FAILED
+                status = service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args), watch)
+                watch.close()
+                return status
             summary, state = service.run_once(etl_flow, args.urls, cli.make_executor(args))
             service.append_history(args.history, summary)
             status = service.EXIT_OK if "error" not in summary else service.EXIT_FAILED
