@@ -115,11 +115,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.once = args.once or args.demo
     if args.demo and args.url:
         conflict("--demo", "--url")
-    service_only = {"--runs": args.runs, "--interval": args.interval, "--listen": args.listen,
-                    "--stale-after": args.stale_after, "--notify": args.notify}
-    for name, value in service_only.items():
-        if args.once and value is not None:
-            conflict("--once" if not args.demo else "--demo", name)
+    if args.once:  # the options of the schedule
+        for name, value in {"--runs": args.runs, "--interval": args.interval, "--listen": args.listen,
+                            "--stale-after": args.stale_after, "--notify": args.notify}.items():
+            if value is not None:
+                conflict("--once" if not args.demo else "--demo", name)
     if args.stale_after is not None and not args.listen:
         parser.error("--stale-after needs --listen")
     if args.debug and args.quiet:
@@ -134,10 +134,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         conflict("--workers", "--executor local")
     if args.workers and args.executor is None:
         args.executor = "threads"
-    for name, value in {"--runs": args.runs, "--history": args.history, "--listen": args.listen,
-                        "--notify": args.notify}.items():
-        if args.visualize and not args.once and value is not None:
-            conflict("--visualize", name)
+    if args.visualize and not args.once:  # it draws and exits
+        for name, value in {"--runs": args.runs, "--history": args.history, "--listen": args.listen,
+                            "--notify": args.notify}.items():
+            if value is not None:
+                conflict("--visualize", name)
     if args.visualize and not args.visualize.lower().endswith(tuple("." + f for f in FORMATS)):
         parser.error(f"--visualize: unknown format {args.visualize!r}; use .png, .svg, .pdf, .dot or .gv")
     if args.interval is None:
@@ -171,7 +172,7 @@ def make_executor(args: argparse.Namespace) -> Executor:
 def make_watch(args: argparse.Namespace, flow: Flow) -> Watch:
     """What watches the runs: the status server of --listen, listening already (OSError if it
     cannot), and the webhooks of --notify."""
-    # Imported here: only the service needs them, and prometheus_client takes a while to import.
+    # Imported here: only the service needs them (prometheus_client alone takes 25 ms to import).
     from etl import metrics, notify, status, web
 
     watches: List[Watch] = []
