@@ -20,7 +20,7 @@ from prefect import Flow, Parameter, task, unmapped
 from prefect.schedules import IntervalSchedule
 
 from etl import cli, demo, diagram, service, sink
-from etl.errors import PayloadError, SourceError
+from etl.errors import PROG, PayloadError, SourceError, error
 from etl.records import BATCH, Record, Todo, concat_records, transform_records, validate
 from etl.settings import (DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY,
                           TIMEOUT)
@@ -152,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             open(args.history, "a").close()
         except OSError as exc:
-            cli.error(f"cannot write --history {args.history}: {exc.strerror}")
+            error(f"cannot write --history {args.history}: {exc.strerror}")
             return service.EXIT_FAILED
     # On a cluster the workers write the output: a relative path would be theirs, not ours.
     args.output = os.path.abspath(args.output)
@@ -169,18 +169,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.demo:
                 args.urls = [demo.demo_url(demo.start_demo_server())]
             if not args.once:
-                return service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args))
+                try:
+                    watch = cli.make_watch(args, etl_flow)
+                except OSError as exc:
+                    error(f"cannot listen on --listen {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}")
+                    return service.EXIT_FAILED
+                status = service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args), watch)
+                watch.close()
+                return status
             summary, state = service.run_once(etl_flow, args.urls, cli.make_executor(args))
             service.append_history(args.history, summary)
             status = service.EXIT_OK if "error" not in summary else service.EXIT_FAILED
             if "error" in summary:
-                cli.error(summary["error"])
+                error(summary["error"])
             if args.visualize:
                 status = max(status, _draw(etl_flow, args.visualize, state))
             return status
     except service.Stopped as stop:
         sink.remove_unfinished()  # writes in worker threads: the process ends before they can
-        print(f"{cli.PROG}: stopped by {stop}", file=sys.stderr)
+        print(f"{PROG}: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
 
 
@@ -190,11 +197,11 @@ def _draw(etl_flow: Flow, path: str, state: Optional[prefect.engine.state.State]
     try:
         diagram.write_diagram(etl_flow, path, state)
     except graphviz.ExecutableNotFound:
-        cli.error("graphviz's `dot` program is missing; install it "
+        error("graphviz's `dot` program is missing; install it "
                   "(apt-get install graphviz, brew install graphviz) or use a .dot path")
         return service.EXIT_FAILED
     except OSError as exc:
-        cli.error(f"cannot write {path}: {exc.strerror}")
+        error(f"cannot write {path}: {exc.strerror}")
         return service.EXIT_FAILED
     log.info("Wrote the flow diagram to %s", path)
     return service.EXIT_OK

@@ -5,8 +5,13 @@ errors    the failures we explain in one line
 source    fetching a source over HTTP, under limits; masking secrets in URLs
 records   todos and records: validation, renaming, the JSON writer's encoding
 sink      the output file's atomic replace, and history lines
-service   one run and its summary, the schedule loop, signals
-cli       options, usage rules, logging and executors
+service   one run and its summary, the schedule loop, what it tells its watches, signals
+status    what the service knows of its runs, and its health
+metrics   the Prometheus metrics of the runs
+notify    the --notify messages on failing and recovered runs
+web       the --listen server: /healthz, /metrics, the status page
+page      the status page's HTML
+cli       options, usage rules, logging, executors and watches
 demo      the loopback server behind --demo
 diagram   the flow drawn by Graphviz
 

@@ -1,28 +1,23 @@
-"""The command line: its options and usage rules, logging, the executor the options ask for, and
-the one line a failure prints on stderr."""
+"""The command line: its options and usage rules, logging, the executor and the watches the options
+ask for, and the one line a failure prints on stderr."""
 import argparse
 import logging
 import math
 import os
-import sys
 import warnings
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import cloudpickle
 import prefect
+from prefect import Flow
 from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalExecutor
 
 import etl
 from etl.diagram import FORMATS
-from etl.errors import Explained
-from etl.settings import API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
-
-PROG = "prefectflow.py"
-
-
-def error(message: str) -> None:
-    """The one line a failure prints on stderr."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+from etl.errors import PROG, Explained
+from etl.service import Watch, Watches
+from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY,
+                          STALE_AFTER_INTERVALS, TIMEOUT)
 
 
 def _at_least(kind: type, low: float) -> Callable[[str], float]:
@@ -47,6 +42,14 @@ def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str
     return parse
 
 
+def _address(text: str) -> Tuple[str, int]:
+    """An argparse type: HOST:PORT, a port from 0 (any free one) to 65535."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, such as 127.0.0.1:9100: {text}")
+    return host, int(port)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -66,6 +69,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--runs", type=_greater_than(int, 0), metavar="N",
         help="stop after N scheduled runs (default: never)")
     add("--history", metavar="PATH", help="append a JSON line per run to this file")
+    add("--listen", type=_address, metavar="HOST:PORT",
+        help="serve /healthz, /metrics and a status page at / on this address; port 0 takes a free "
+             "port and logs it (default: none)")
+    add("--stale-after", type=_greater_than(float, 0), metavar="SECONDS",
+        help=f"/healthz answers 503 once no run has succeeded for this long "
+             f"(default: {STALE_AFTER_INTERVALS} x --interval)")
+    add("--notify", action="append", metavar="URL",
+        help="POST a JSON message to URL when runs start failing and when they recover; repeatable")
     add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
         help="retries of a failed fetch, per source (default: %(default)s)")
     add("--retry-delay", type=_at_least(float, 0), metavar="SECONDS",
@@ -96,10 +107,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.once = args.once or args.demo
     if args.demo and args.url:
         conflict("--demo", "--url")
-    if args.once and args.runs:
-        conflict("--once" if not args.demo else "--demo", "--runs")
-    if args.once and args.interval is not None:
-        conflict("--once" if not args.demo else "--demo", "--interval")
+    if args.once:  # the options of the schedule
+        for name, value in {"--runs": args.runs, "--interval": args.interval, "--listen": args.listen,
+                            "--stale-after": args.stale_after, "--notify": args.notify}.items():
+            if value is not None:
+                conflict("--once" if not args.demo else "--demo", name)
+    if args.stale_after is not None and not args.listen:
+        parser.error("--stale-after needs --listen")
     if args.debug and args.quiet:
         conflict("--debug", "--quiet")
     if args.dask_address:
@@ -112,12 +126,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         conflict("--workers", "--executor local")
     if args.workers and args.executor is None:
         args.executor = "threads"
-    if args.visualize and not args.once and (args.runs or args.history):
-        conflict("--visualize", "--runs" if args.runs else "--history")
+    if args.visualize and not args.once:  # it draws and exits
+        for name, value in {"--runs": args.runs, "--history": args.history, "--listen": args.listen,
+                            "--notify": args.notify}.items():
+            if value is not None:
+                conflict("--visualize", name)
     if args.visualize and not args.visualize.lower().endswith(tuple("." + f for f in FORMATS)):
         parser.error(f"--visualize: unknown format {args.visualize!r}; use .png, .svg, .pdf, .dot or .gv")
     if args.interval is None:
         args.interval = INTERVAL
+    if args.stale_after is None:
+        args.stale_after = STALE_AFTER_INTERVALS * args.interval
     if args.retry_delay is None:
         args.retry_delay = 1.0 if args.demo else RETRY_DELAY
     args.urls = args.url or [API_URL]
@@ -140,6 +159,23 @@ def make_executor(args: argparse.Namespace) -> Executor:
     if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
         return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)
     return LocalExecutor()
+
+
+def make_watch(args: argparse.Namespace, flow: Flow) -> Watch:
+    """What watches the runs: the status server of --listen, listening already (OSError if it
+    cannot), and the webhooks of --notify."""
+    # Imported here: only the service needs them (prometheus_client alone takes 25 ms to import).
+    from etl import metrics, notify, status, web
+
+    watches: List[Watch] = []
+    if args.listen:
+        state, counts = status.Status(args.stale_after, args.history), metrics.Metrics()
+        refresh = round(min(max(args.interval, 5), 60))  # seconds between reloads of the status page
+        web.start(*args.listen, state, counts, flow, refresh)
+        watches += [state, counts]
+    if args.notify:
+        watches.append(notify.Notifier(args.notify))
+    return Watches(*watches)
 
 
 def _one_line(record: logging.LogRecord) -> bool:

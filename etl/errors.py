@@ -1,4 +1,12 @@
-"""The failures we explain ourselves, in one line that names the thing and the value."""
+"""The failures we explain ourselves, in one line that names the thing and the value, and that line."""
+import sys
+
+PROG = "prefectflow.py"
+
+
+def error(message: str) -> None:
+    """The one line a failure prints on stderr."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 class Explained(Exception):

@@ -1,5 +1,5 @@
-"""Running the flow: one run and its summary (the --history line), the schedule loop, and the
-signals that stop it."""
+"""Running the flow: one run and its summary (the --history line), the schedule loop, what it tells
+those who watch it, and the signals that stop it."""
 import contextlib
 import gc
 import os
@@ -13,8 +13,7 @@ from prefect import Flow
 from prefect.engine.state import State
 from prefect.executors import Executor, LocalExecutor
 
-from etl.cli import error
-from etl.errors import Explained
+from etl.errors import Explained, error
 from etl.sink import append_line
 from etl.source import mask_url
 
@@ -134,6 +133,40 @@ def _error(flow: Flow, state: State) -> str:
     return f"the flow run failed: {state.message}"
 
 
+class Watch:
+    """What serve() tells of its runs: each next slot once it is known, and each run's summary and
+    final state once the run is over. This one listens to nothing; etl.status, etl.metrics and
+    etl.notify do."""
+
+    def next_run(self, slot: pendulum.DateTime) -> None:
+        pass
+
+    def finished(self, summary: dict, state: State) -> None:
+        pass
+
+    def close(self) -> None:
+        """serve() has returned (after --runs runs): finish what is pending, within bounds."""
+
+
+class Watches(Watch):
+    """Several watches told the same, in order."""
+
+    def __init__(self, *watches: Watch):
+        self.watches = watches
+
+    def next_run(self, slot: pendulum.DateTime) -> None:
+        for watch in self.watches:
+            watch.next_run(slot)
+
+    def finished(self, summary: dict, state: State) -> None:
+        for watch in self.watches:
+            watch.finished(summary, state)
+
+    def close(self) -> None:
+        for watch in self.watches:
+            watch.close()
+
+
 class Clock:
     """Wall time for the schedule's slots, the monotonic clock for sleeping. Each reading compares
     the two, so a change of the system clock is noticed and logged as what it is."""
@@ -172,24 +205,28 @@ class Clock:
 
 
 def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = None,
-          executor: Optional[Executor] = None, clock: Optional[Clock] = None) -> int:
+          executor: Optional[Executor] = None, watch: Optional[Watch] = None,
+          clock: Optional[Clock] = None) -> int:
     """Run on the flow's schedule until stopped, or `runs` runs; the exit status of the last run.
 
     Each slot of the schedule runs at most once, never before its time. A run longer than the
     interval skips the slots it overran; a clock that jumps forward skips the slots it jumped
     over, and one that jumps back makes the next run wait for the next slot not yet run.
     """
+    watch = watch or Watch()
     clock = clock or Clock()
     schedule = flow.schedule
     slot = schedule.next(1, after=clock.now().subtract(seconds=1))[0]
     done = 0
     while True:
+        watch.next_run(slot)
         if slot > clock.now():
             log.info("Waiting for next scheduled run at %s", slot)
             clock.wait_until(slot)
         jumps = clock.jumps
-        summary, _ = run_once(flow, urls, executor, scheduled=slot)
+        summary, state = run_once(flow, urls, executor, scheduled=slot)
         append_history(history, summary)
+        watch.finished(summary, state)
         if "error" in summary:
             log.error("Run failed: %s", summary["error"])
             error(f"the run scheduled at {summary['scheduled']} failed: {summary['error']}")

@@ -1,11 +1,11 @@
 """The sink: the output file, replaced atomically (the old file or the new one, never a mix), and
-JSON Lines history files, appended a whole line at a time."""
+JSON Lines history files, appended a whole line at a time and read back from the end."""
 import contextlib
 import json
 import os
 import secrets
 import stat
-from typing import Set
+from typing import List, Set
 
 import prefect
 
@@ -88,3 +88,26 @@ def append_line(path: str, record: dict) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def read_tail(path: str, count: int, window: int = 1 << 20) -> List[dict]:
+    """The last count records of a JSON Lines file, read from its last `window` bytes at most; lines
+    that are not a JSON object are skipped, and a missing file has none."""
+    try:
+        with open(path, "rb") as lines:
+            size = lines.seek(0, os.SEEK_END)
+            lines.seek(max(0, size - window))
+            tail = lines.read().splitlines()[1 if size > window else 0:]  # the first may be cut
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in reversed(tail):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+            if len(records) == count:
+                break
+    return records[::-1]

@@ -64,7 +64,7 @@ def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes:
     except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
         raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise SourceError(f"{masked} could not be read: {_root_cause(exc)}") from None
+        raise SourceError(f"{masked} could not be read: {root_cause(exc)}") from None
     try:
         return body.decode("utf-8-sig"), response.status_code, len(body)
     except UnicodeDecodeError as exc:
@@ -82,7 +82,7 @@ def _not_json(masked: str, exc: ValueError) -> SourceError:
     return SourceError(f"{masked} sent a body that is not valid JSON ({exc})")
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """The innermost exception's message: 'Connection refused', not urllib3's wrapping."""
     while (inner := exc.__cause__ or exc.__context__) is not None:
         exc = inner

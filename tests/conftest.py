@@ -1,12 +1,13 @@
-"""A scriptable HTTP server on 127.0.0.1, and helpers to run the command line."""
+"""A scriptable HTTP server on 127.0.0.1, and helpers to run the command line and the service."""
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.server.hits[self.path] += 1
         script[min(count, len(script) - 1)](self)
 
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.bodies[self.path].append(json.loads(body))
+        self.do_GET()
+
     def handle(self):
         try:
             super().handle()
@@ -106,7 +112,7 @@ class Source:
     def __init__(self):
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.server.scripts, self.server.hits = {}, Counter()
+        self.server.scripts, self.server.hits, self.server.bodies = {}, Counter(), defaultdict(list)
         self.server.stopping = threading.Event()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -119,6 +125,10 @@ class Source:
 
     def hits(self, path):
         return self.server.hits[path]
+
+    def bodies(self, path):
+        """The JSON bodies POSTed to path, in order."""
+        return list(self.server.bodies[path])
 
     def close(self):
         self.server.stopping.set()
@@ -165,3 +175,59 @@ def caught_writing(proc, output, deadline=60):
             return False
         time.sleep(0)
     raise AssertionError(f"no write to {output} within {deadline} s")
+
+
+def wait_for(condition, what, deadline=60):
+    """condition()'s first true value, asked until the deadline."""
+    end = time.monotonic() + deadline
+    while not (value := condition()):
+        assert time.monotonic() < end, f"no {what} within {deadline} s"
+        time.sleep(0.02)
+    return value
+
+
+def history(path):
+    """The runs in a --history file."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines]
+
+
+class Service:
+    """prefectflow.py running on its schedule with --listen 127.0.0.1:0 and --history, in a
+    subprocess; its log goes to a file, where it says which port it took."""
+
+    def __init__(self, tmp_path, *args):
+        self.log, self.history = tmp_path / "service.log", tmp_path / "runs.jsonl"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SCRIPT), "--listen", "127.0.0.1:0", "--history", str(self.history),
+                 "--output", str(tmp_path / "datos.json"), *map(str, args)],
+                stdout=log, stderr=subprocess.STDOUT)
+        self.url = wait_for(self._served_at, "'Serving on' line in the log")
+
+    def _served_at(self):
+        assert self.proc.poll() is None, self.log.read_text()
+        found = re.search(r"Serving on (http://127\.0\.0\.1:\d+)\n", self.log.read_text())
+        return found and found.group(1)
+
+    def runs(self, count=1):
+        """The runs in the history, once there are at least count."""
+        return wait_for(lambda: len(runs := history(self.history)) >= count and runs, f"{count} runs")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def service(tmp_path):
+    """Starts the service with the given options; stops it after the test."""
+    started = []
+
+    def start(*args):
+        started.append(Service(tmp_path, *args))
+        return started[-1]
+    yield start
+    for running in started:
+        running.stop()

@@ -49,6 +49,14 @@ def test_once_exits_1_with_one_line_when_the_run_fails(source, good_output):
     (["--executor", "local", "--workers", "2"], "--workers and --executor local cannot be used together"),
     (["--dask-address", "tcp://127.0.0.1:1", "--executor", "threads"],
      "--dask-address and --executor threads cannot be used together"),
+    (["--once", "--listen", "127.0.0.1:0"], "--once and --listen cannot be used together"),
+    (["--demo", "--notify", "http://127.0.0.1:1/"], "--demo and --notify cannot be used together"),
+    (["--once", "--stale-after", "5"], "--once and --stale-after cannot be used together"),
+    (["--stale-after", "5"], "--stale-after needs --listen"),
+    (["--listen", "127.0.0.1:0", "--stale-after", "0"], "argument --stale-after: must be greater than 0: 0"),
+    (["--listen", "127.0.0.1:0", "--stale-after", "inf"], "argument --stale-after: must be a finite number: inf"),
+    (["--visualize", "x.png", "--listen", "127.0.0.1:0"], "--visualize and --listen cannot be used together"),
+    (["--visualize", "x.png", "--notify", "http://127.0.0.1:1/"], "--visualize and --notify cannot be used together"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_usage_exits_2(args, message, capsys):
@@ -56,6 +64,21 @@ def test_bad_usage_exits_2(args, message, capsys):
         prefectflow.main(args)
     assert exited.value.code == 2
     assert last_line(capsys.readouterr().err) == f"prefectflow.py: error: {message}"
+
+
+@pytest.mark.parametrize("value", ["9100", "127.0.0.1", "127.0.0.1:", ":9100", "127.0.0.1:65536", "h:-1", "h:x"])
+def test_listen_needs_host_and_port(value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        prefectflow.main(["--listen", value])
+    assert exited.value.code == 2
+    assert last_line(capsys.readouterr().err) == (
+        f"prefectflow.py: error: argument --listen: must be HOST:PORT, such as 127.0.0.1:9100: {value}")
+
+
+def test_stale_after_defaults_to_three_intervals():
+    assert parse_args(["--listen", "127.0.0.1:0", "--interval", "1.5"]).stale_after == 4.5
+    assert parse_args(["--listen", "localhost:9100", "--stale-after", "0.5"]).stale_after == 0.5
+    assert parse_args(["--listen", "localhost:9100"]).listen == ("localhost", 9100)
 
 
 def test_bad_usage_in_a_subprocess_exits_2_and_runs_nothing(tmp_path):

@@ -1,5 +1,4 @@
 """The scheduled flow as a long-running process: --runs, --history, skipped slots, signals."""
-import json
 import signal
 import subprocess
 import sys
@@ -7,15 +6,10 @@ import time
 
 import pendulum
 import pytest
-from conftest import RECORDS_JSON, SCRIPT, caught_writing, cli, hang, ok, slow, status
+from conftest import RECORDS_JSON, SCRIPT, caught_writing, cli, hang, history, ok, slow, status
 
 import prefectflow
 from etl.service import Clock, serve
-
-
-def history(path):
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
 
 
 def test_three_runs_with_failures_keep_the_last_good_output(source, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from conftest import RECORDS, RECORDS_JSON, ROOT, SCRIPT, ok
 
 from etl.errors import SinkError
-from etl.sink import append_line, write_json
+from etl.sink import append_line, read_tail, write_json
 
 
 def test_write_json_writes_indented_utf8_json(tmp_path):
@@ -116,3 +116,15 @@ def test_append_line_that_falls_short_leaves_the_file_as_it_was(tmp_path):
                             timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "File too large\n", "")
     assert path.read_bytes() == before
+
+
+def test_read_tail_gives_the_last_whole_json_objects(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    assert read_tail(str(path), 3) == []
+    for n in range(10):
+        append_line(str(path), {"n": n})
+    with open(path, "a") as out:
+        out.write('[1]\nnot json\n{"n": 10')  # not an object, not JSON, cut short
+    assert read_tail(str(path), 3) == [{"n": 7}, {"n": 8}, {"n": 9}]
+    assert read_tail(str(path), 50) == [{"n": n} for n in range(10)]
+    assert read_tail(str(path), 50, window=52) == [{"n": 7}, {"n": 8}, {"n": 9}]  # the line cut in 2 is skipped
