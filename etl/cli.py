@@ -185,7 +185,7 @@ def _one_line(record: logging.LogRecord) -> bool:
         if isinstance(exc, Explained):
             return False
         message, cause = record.getMessage(), f"{type(exc).__name__}: {exc}"
-        record.msg = message if str(exc) in message else f"{message} {cause}"
+        record.msg = message if str(exc) and str(exc) in message else f"{message} {cause}"
         record.args, record.exc_info, record.exc_text = (), None, None
     return True
 

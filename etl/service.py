@@ -220,10 +220,10 @@ def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = N
     done = 0
     while True:
         watch.next_run(slot)
+        jumps = clock.jumps  # a jump while waiting or running explains the slots skipped next
         if slot > clock.now():
             log.info("Waiting for next scheduled run at %s", slot)
             clock.wait_until(slot)
-        jumps = clock.jumps
         summary, state = run_once(flow, urls, executor, scheduled=slot)
         append_history(history, summary)
         watch.finished(summary, state)

@@ -41,7 +41,8 @@ def write_json(records: list, path: str) -> None:
     except OSError as exc:
         raise SinkError(f"cannot write {path}: {exc.strerror}") from None
     # Named before it exists, so that a signal landing at any moment after it is created can remove it.
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
+    # (a long name is cut, so that the temporary one is no longer than the output's own)
+    tmp = os.path.join(folder, f".{os.path.basename(target)[:200]}.{secrets.token_hex(8)}.tmp")
     _writing.add(tmp)
     try:
         with open(tmp, "x", encoding="utf-8") as out:
@@ -52,7 +53,7 @@ def write_json(records: list, path: str) -> None:
             os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(tmp, target)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):  # not created yet, or already replaced
+        with contextlib.suppress(OSError):  # not created yet, already replaced, or a read-only folder
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise SinkError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,5 +1,6 @@
 """etl.cli and main(): options, usage rules and executors; the command line run as a user runs it."""
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 from conftest import RECORDS_JSON, ROOT, cli, last_line, ok, status
 
 import prefectflow
-from etl.cli import make_executor, parse_args
+from etl.cli import _one_line, make_executor, parse_args
 
 
 def test_once_writes_the_transformed_records(source, tmp_path):
@@ -141,3 +142,11 @@ def test_an_unreachable_dask_cluster_fails_with_one_line_that_says_it_once(sourc
     assert f"ERROR - prefect.FlowRunner | {cause}\n" in result.stdout
     assert "OSError: Timed out" not in result.stdout  # said once per line, not twice
     assert source.hits("/todos") == 0
+
+
+def test_the_one_line_log_filter_keeps_an_error_without_a_message():
+    try:
+        raise MemoryError()
+    except MemoryError:
+        record = logging.LogRecord("prefect", logging.ERROR, __file__, 1, "Exception encountered", (), sys.exc_info())
+    assert _one_line(record) and record.getMessage() == "Exception encountered MemoryError: "

@@ -201,3 +201,19 @@ def test_a_clock_moved_back_while_waiting_waits_for_the_next_slot_not_yet_run(so
     assert "The system clock jumped back by 600 s" in caplog.text
     assert clock.wall() >= START.add(minutes=2)
     assert sum(naps) == pytest.approx(120 + 600, abs=0.5)  # the 2 minutes, and the 10 it went back
+
+
+def test_a_clock_moved_forward_while_waiting_skips_the_slots_it_jumped_over_as_a_jump(source, tmp_path, caplog):
+    clock = FakeClock(START)
+    naps = []
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 1:
+            clock.shift += 3600
+        FakeClock.sleep(clock, seconds)
+    clock.sleep = sleep
+    scheduled = serve_with(clock, source, tmp_path, 3, lambda: None)
+    assert scheduled == [START, START.add(minutes=2), START.add(minutes=62)]
+    assert "The system clock jumped forward by 3600 s" in caplog.text
+    assert "Skipping 29 slot(s) the clock jumped over" in caplog.text
+    assert "took longer than the interval" not in caplog.text

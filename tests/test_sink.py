@@ -128,3 +128,23 @@ def test_read_tail_gives_the_last_whole_json_objects(tmp_path):
     assert read_tail(str(path), 3) == [{"n": 7}, {"n": 8}, {"n": 9}]
     assert read_tail(str(path), 50) == [{"n": n} for n in range(10)]
     assert read_tail(str(path), 50, window=52) == [{"n": 7}, {"n": 8}, {"n": 9}]  # the line cut in 2 is skipped
+
+
+def test_write_json_to_a_long_file_name_keeps_its_temporary_name_within_limits(tmp_path):
+    path = tmp_path / ("d" * 250 + ".json")
+    write_json(RECORDS, str(path))
+    assert path.read_bytes() == RECORDS_JSON
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
+def test_write_json_on_a_read_only_file_system_says_so_in_one_line(tmp_path):
+    (tmp_path / "datos.json").write_bytes(RECORDS_JSON)
+    code = ("import sys; from etl.errors import SinkError; from etl.sink import write_json\n"
+            "try:\n    write_json([], sys.argv[1])\nexcept SinkError as exc:\n    print(exc)\n")
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', tmp_path,
+         sys.executable, "-c", code, tmp_path / "datos.json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (result.stdout, result.stderr) == (f"cannot write {tmp_path / 'datos.json'}: Read-only file system\n", "")
+    assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
