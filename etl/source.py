@@ -3,7 +3,6 @@ which failures are worth retrying (SourceError). URLs are masked wherever they a
 import json
 import re
 import time
-import urllib.parse
 
 import prefect
 import requests
@@ -13,18 +12,27 @@ from etl.errors import SourceError
 
 log = prefect.utilities.logging.get_logger(__name__)
 
+# Everything up to the last "@" before the host ends (the first "/", "?" or "#" after "//"), with
+# or without a scheme: "https://ghp_x@h", "ann:pw@h/x" (which urlsplit reads as scheme "ann").
+_USERINFO = re.compile(r"^(?P<start>(?:[^/?#]*//)?)(?P<userinfo>[^/?#]*)@")
+# A name=value pair, in a query or a fragment ("#access_token=..."), split on "&" or ";", whose
+# name looks like it holds a secret: X-Amz-Credential, X-Amz-Signature, api_key, password, jwt...
+_SECRET_PARAM = re.compile(
+    r"(?P<name>(?:^|[&;])[^=&;]*(?:token|key|secret|pass|auth|sig|jwt|code|credential)[^=&;]*=)"
+    r"(?P<value>[^&;]*)", re.IGNORECASE)
+
 
 def mask_url(url: str) -> str:
-    """The URL with any password and token-like query values replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-    query = re.sub(
-        r"(^|&)([^=&]*(?:token|key|secret|pass|auth|sig)[^=&]*)=[^&]*",
-        r"\1\2=***", parts.query, flags=re.IGNORECASE,
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    """The URL with its userinfo (user name and password) and the values of token-like parameters,
+    in the query or the fragment, replaced by ***."""
+    url = _USERINFO.sub(r"\g<start>***@", url, count=1)
+    head, hash_, fragment = url.partition("#")
+    head, question, query = head.partition("?")
+    return head + question + _mask_params(query) + hash_ + _mask_params(fragment)
+
+
+def _mask_params(params: str) -> str:
+    return _SECRET_PARAM.sub(r"\g<name>***", params)
 
 
 def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> object:

@@ -142,7 +142,7 @@ def test_logs_mask_credentials(source, tmp_path):
     url = url.replace("http://", "http://ann:hunter2@")
     result = cli("--once", "--url", url, "--output", tmp_path / "datos.json")
     assert result.returncode == 0, result.stderr
-    assert "GET http://ann:***@127.0.0.1" in result.stdout
+    assert "GET http://***@127.0.0.1" in result.stdout
     assert "/todos?page=1&access_token=***: HTTP 200, " in result.stdout
     assert "hunter2" not in result.stdout and "t0ps3cret" not in result.stdout
 

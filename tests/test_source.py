@@ -43,8 +43,19 @@ def test_fetch_json_stops_reading_past_max_bytes(source):
 
 @pytest.mark.parametrize("url, masked", [
     ("http://127.0.0.1:8000/todos", "http://127.0.0.1:8000/todos"),
-    ("https://ann:s3cret@example.org/todos", "https://ann:***@example.org/todos"),
+    ("https://ann:s3cret@example.org/todos", "https://***@example.org/todos"),
+    ("https://ghp_t0k3n@example.org/todos", "https://***@example.org/todos"),
+    ("https://ann:@example.org/todos", "https://***@example.org/todos"),
+    ("https://ann:p@ss@example.org/a@b?c@d", "https://***@example.org/a@b?c@d"),
+    ("ann:s3cret@example.org/todos", "***@example.org/todos"),
     ("https://example.org/todos?token=abc&page=2&api_key=k", "https://example.org/todos?token=***&page=2&api_key=***"),
+    ("https://example.org/todos?page=2;token=abc;password=p", "https://example.org/todos?page=2;token=***;password=***"),
+    ("https://example.org/cb#access_token=abc&state=1", "https://example.org/cb#access_token=***&state=1"),
+    ("https://example.org/todos#top", "https://example.org/todos#top"),
+    ("https://b.s3.amazonaws.com/t.json?X-Amz-Credential=AKIA%2F1&X-Amz-Date=1&X-Amz-Signature=ab",
+     "https://b.s3.amazonaws.com/t.json?X-Amz-Credential=***&X-Amz-Date=1&X-Amz-Signature=***"),
+    ("https://example.org/?jwt=a.b.c&code=123&page=2", "https://example.org/?jwt=***&code=***&page=2"),
+    ("http://[::1/todos?token=abc", "http://[::1/todos?token=***"),
 ])
 def test_mask_url_hides_secrets(url, masked):
     assert mask_url(url) == masked
