@@ -14,8 +14,9 @@ from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalEx
 
 import etl
 from etl.diagram import FORMATS
-from etl.errors import Explained
+from etl.errors import Explained, UrlError
 from etl.settings import API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
+from etl.source import check_url
 
 PROG = "prefectflow.py"
 
@@ -47,6 +48,15 @@ def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str
     return parse
 
 
+def _url(text: str) -> str:
+    """An argparse type: a URL that can be fetched; the error names it masked."""
+    try:
+        check_url(text)
+    except UrlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -55,7 +65,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         epilog="Exit status: 0 success, 1 the run failed, 2 bad usage, 130 SIGINT, 143 SIGTERM.",
     )
     add = parser.add_argument
-    add("--url", action="append", metavar="URL",
+    add("--url", action="append", type=_url, metavar="URL",
         help=f"source of the todos; repeat to fetch several in parallel (default: {API_URL})")
     add("--output", default=OUTPUT, metavar="PATH", help="file to write (default: %(default)s)")
     add("--once", action="store_true", help="run once now instead of on the schedule")

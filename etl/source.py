@@ -1,14 +1,17 @@
-"""Fetching a source: one HTTP GET under limits (timeout, deadline, size), the JSON it holds, and
-which failures are worth retrying (SourceError). URLs are masked wherever they are shown."""
+"""Fetching a source: which URLs can be fetched, one HTTP GET under limits (timeout, deadline, size),
+the JSON it holds, and which failures are worth retrying (SourceError). URLs are masked wherever they
+are shown."""
 import json
 import re
 import time
+import urllib.parse
+from typing import Set, Tuple
 
 import prefect
 import requests
 import urllib3
 
-from etl.errors import SourceError
+from etl.errors import SourceError, UrlError
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -35,16 +38,58 @@ def _mask_params(params: str) -> str:
     return _SECRET_PARAM.sub(r"\g<name>***", params)
 
 
+def mask_text(text: str, *urls: str) -> str:
+    """text (a message from requests, urllib3 or a server) with every secret of these urls in it
+    replaced by ***, as written in the url, decoded, or re-encoded the way requests sends it."""
+    for secret in sorted(_secrets(urls), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(urls: Tuple[str, ...]) -> Set[str]:
+    found = []
+    for url in urls:
+        if userinfo := _USERINFO.match(url):
+            found += [userinfo["userinfo"], *userinfo["userinfo"].split(":", 1)]
+        head, _, fragment = url.partition("#")
+        for params in (head.partition("?")[2], fragment):
+            found += [param["value"] for param in _SECRET_PARAM.finditer(params)]
+    forms = (lambda s: s, urllib.parse.unquote, requests.utils.requote_uri)
+    return {form(secret) for secret in found if secret for form in forms} - {""}
+
+
+def check_url(url: str) -> None:
+    """Raise UrlError, naming the masked url, if it can never be fetched: not http or https, no
+    host, or malformed."""
+    masked = mask_url(url)
+    if not url:
+        raise UrlError("an empty URL")
+    if "://" not in url:
+        raise UrlError(f"{masked}: no scheme; write https:// or http:// before the host")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise UrlError(f"{masked}: only http:// and https:// URLs can be fetched")
+        if not parts.hostname:
+            raise UrlError(f"{masked}: no host")
+        parts.port  # raises on a port out of range or not a number
+        requests.Request("GET", url).prepare()  # raises on a host that is not a valid name
+    except (ValueError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise UrlError(f"{masked}: not a valid URL ({mask_text(str(exc), url)})") from None
+
+
 def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> object:
-    """The JSON document at url; SourceError names the (masked) url and the cause."""
+    """The JSON document at url; SourceError (worth retrying) or UrlError (not) names the masked
+    url and the cause."""
     masked = mask_url(url)
     logger = prefect.context.get("logger", log)
     attempt = prefect.context.get("task_run_count", 1)
     started = time.monotonic()
     try:
+        check_url(url)
         text, status, size = _get_text(url, masked, timeout, deadline, max_bytes)
         payload = _parse_json(text, masked)
-    except SourceError as exc:
+    except (SourceError, UrlError) as exc:
         logger.warning("Attempt %d failed after %.3f s: %s", attempt, time.monotonic() - started, exc)
         raise
     records = len(payload) if isinstance(payload, list) else "no"
@@ -61,7 +106,8 @@ def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes:
     try:
         with requests.get(url, timeout=timeout, stream=True) as response:
             if not response.ok:
-                raise SourceError(f"{masked} answered HTTP {response.status_code} {response.reason}")
+                reason = mask_text(response.reason or "", url)  # the server's words
+                raise SourceError(f"{masked} answered HTTP {response.status_code} {reason}")
             # read1 returns whatever has arrived, so the deadline holds against a trickle.
             while chunk := response.raw.read1(1 << 20, decode_content=True):
                 body += chunk
@@ -72,7 +118,7 @@ def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes:
     except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
         raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise SourceError(f"{masked} could not be read: {_root_cause(exc)}") from None
+        raise SourceError(f"{masked} could not be read: {mask_text(_root_cause(exc), url)}") from None
     try:
         return body.decode("utf-8-sig"), response.status_code, len(body)
     except UnicodeDecodeError as exc:

@@ -2,8 +2,8 @@
 import pytest
 from conftest import TODOS, huge, ok, status
 
-from etl.errors import SourceError
-from etl.source import fetch_json, mask_url
+from etl.errors import SourceError, UrlError
+from etl.source import check_url, fetch_json, mask_url
 
 LIMITS = dict(timeout=5, deadline=30, max_bytes=2**20)
 
@@ -39,6 +39,31 @@ def test_fetch_json_stops_reading_past_max_bytes(source):
     url = source.add("/todos", huge(8 * 2**20))
     with pytest.raises(SourceError, match=r"sent more than --max-bytes 1048576 bytes$"):
         fetch_json(url, **LIMITS)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://ann:pw@example.org/x?token=t0p", "ftp://***@example.org/x?token=***: only http:// and https:// URLs can be fetched"),
+    ("file:///etc/passwd", "file:///etc/passwd: only http:// and https:// URLs can be fetched"),
+    ("example.org/todos?key=k3y", "example.org/todos?key=***: no scheme; write https:// or http:// before the host"),
+    ("ann:pw@example.org/todos", "***@example.org/todos: no scheme; write https:// or http:// before the host"),
+    ("http:///todos", "http:///todos: no host"),
+    ("https://ann:pw@/todos", "https://***@/todos: no host"),
+    ("http://example.org:99999/todos", "http://example.org:99999/todos: not a valid URL (Port out of range 0-65535)"),
+    ("http://[::1/todos", "http://[::1/todos: not a valid URL (Invalid IPv6 URL)"),
+    ("http://ann:pw@exa mple.org/?sig=s1g",
+     "http://***@exa mple.org/?sig=***: not a valid URL (Failed to parse: Host 'exa mple.org' contains invalid character ' ')"),
+    ("", "an empty URL"),
+])
+def test_a_url_that_can_never_be_fetched_fails_at_once(url, message):
+    with pytest.raises(UrlError) as raised:
+        fetch_json(url, **LIMITS)
+    assert str(raised.value) == message
+    assert not isinstance(raised.value, SourceError)
+
+
+def test_check_url_accepts_http_and_https():
+    for url in ["http://127.0.0.1:8000/todos", "HTTPS://example.org/todos?page=2", "https://ann:pw@[::1]:8443/"]:
+        check_url(url)
 
 
 @pytest.mark.parametrize("url, masked", [
