@@ -1,11 +1,13 @@
-"""Fetching a source: which URLs can be fetched, one HTTP GET under limits (timeout, deadline, size),
-the JSON it holds, and which failures are worth retrying (SourceError). URLs are masked wherever they
-are shown."""
+"""Fetching a source: which URLs can be fetched, one HTTP GET under limits (timeout, deadline, size,
+redirects), the JSON it holds, and which failures are worth retrying (SourceError). URLs are masked
+wherever they are shown."""
 import json
 import re
+import socket
+import threading
 import time
 import urllib.parse
-from typing import Set, Tuple
+from typing import List, Optional, Set, Tuple
 
 import prefect
 import requests
@@ -15,6 +17,7 @@ from etl.errors import SourceError, UrlError
 
 log = prefect.utilities.logging.get_logger(__name__)
 
+MAX_REDIRECTS = 5
 # Everything up to the last "@" before the host ends (the first "/", "?" or "#" after "//"), with
 # or without a scheme: "https://ghp_x@h", "ann:pw@h/x" (which urlsplit reads as scheme "ann").
 _USERINFO = re.compile(r"^(?P<start>(?:[^/?#]*//)?)(?P<userinfo>[^/?#]*)@")
@@ -101,28 +104,58 @@ def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> obj
 def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int) -> tuple:
     """The body as text, its HTTP status and size. It arrives in one growing buffer, which is gone
     before the text is parsed."""
-    started = time.monotonic()
     body = bytearray()
+    visited = [url]  # every hop, to mask their secrets in messages from requests and urllib3
+    watchdog = _Watchdog(deadline)
     try:
-        with requests.get(url, timeout=timeout, stream=True) as response:
-            if not response.ok:
-                reason = mask_text(response.reason or "", url)  # the server's words
-                raise SourceError(f"{masked} answered HTTP {response.status_code} {reason}")
-            # read1 returns whatever has arrived, so the deadline holds against a trickle.
-            while chunk := response.raw.read1(1 << 20, decode_content=True):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise SourceError(f"{masked} sent more than --max-bytes {max_bytes} bytes")
-                if time.monotonic() - started > deadline:
-                    raise SourceError(f"{masked} did not finish within --deadline {deadline:g} s")
-    except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
-        raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
+        with watchdog, _Session(watchdog) as session:
+            # Connecting is bounded by the deadline too: the watchdog only sees connected sockets.
+            response = _follow_redirects(session, visited, (min(timeout, deadline), timeout))
+            with response:
+                if response.status_code >= 300:
+                    reason = mask_text(response.reason or "", *visited)  # the server's words
+                    raise SourceError(f"{masked} answered HTTP {response.status_code} {reason}")
+                # read1 returns whatever has arrived, so the watchdog's shutdown ends the loop.
+                while chunk := response.raw.read1(1 << 20, decode_content=True):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise SourceError(f"{masked} sent more than --max-bytes {max_bytes} bytes")
+        if watchdog.expired:  # a body without a length ends, cut short, when its socket is shut
+            raise watchdog.error(masked)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise SourceError(f"{masked} could not be read: {mask_text(_root_cause(exc), url)}") from None
+        if watchdog.expired:
+            raise watchdog.error(masked) from None
+        if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+            raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
+        raise SourceError(f"{masked} could not be read: {mask_text(_root_cause(exc), *visited)}") from None
     try:
         return body.decode("utf-8-sig"), response.status_code, len(body)
     except UnicodeDecodeError as exc:
         raise _not_json(masked, exc) from None
+
+
+def _follow_redirects(session: requests.Session, visited: List[str], timeout: tuple) -> requests.Response:
+    """The response at the end of visited[-1]'s redirects, its body unread; each hop is appended
+    to visited and logged masked. A redirect's body is never read: it could be any size."""
+    logger = prefect.context.get("logger", log)
+    while True:
+        response = session.get(visited[-1], timeout=timeout, stream=True)
+        target = session.redirect_target(response)
+        if target is None:
+            return response
+        response.close()
+        current = mask_url(visited[-1])
+        # A relative Location keeps the scheme, host and credentials; another host gets none.
+        visited.append(urllib.parse.urljoin(visited[-1], target))
+        following = mask_url(visited[-1])
+        if len(visited) > MAX_REDIRECTS + 1:
+            raise SourceError(f"{mask_url(visited[0])} redirected more than {MAX_REDIRECTS} times "
+                              f"(the last time to {following}); give --url the final address")
+        logger.info("GET %s: HTTP %d, redirected to %s", current, response.status_code, following)
+        try:
+            check_url(visited[-1])
+        except UrlError as exc:
+            raise SourceError(f"{current} redirected to {exc}") from None
 
 
 def _parse_json(text: str, masked: str) -> object:
@@ -141,3 +174,109 @@ def _root_cause(exc: BaseException) -> str:
     while (inner := exc.__cause__ or exc.__context__) is not None:
         exc = inner
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class _Watchdog:
+    """Bounds one fetch by its deadline wherever it is when the deadline passes (connecting,
+    waiting for headers, reading a body): requests' own timeout bounds each read, not their sum,
+    so a source that trickles header lines would never be cut off. It shuts down every socket the
+    fetch connected; the read that waits on one then ends at once."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.ends = time.monotonic() + deadline
+        self.fired = False
+        self._sockets: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(min(deadline, threading.TIMEOUT_MAX), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    @property
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.ends
+
+    def error(self, masked: str) -> SourceError:
+        return SourceError(f"{masked} did not finish within --deadline {self.deadline:g} s")
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:
+                _shut_down(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the fetch is over
+
+
+class _WatchedConnection:
+    """A urllib3 connection that hands its socket to the fetch's watchdog once connected."""
+
+    def __init__(self, *args: object, watchdog: _Watchdog, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self.watchdog.watch(self.sock)
+
+
+class _HTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+_WATCHED = {urllib3.connection.HTTPConnection: _HTTPConnection,
+            urllib3.connection.HTTPSConnection: _HTTPSConnection}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' transport, with every connection it opens watched by the fetch's watchdog."""
+
+    def __init__(self, watchdog: _Watchdog):
+        self.watchdog = watchdog
+        super().__init__()
+
+    def get_connection_with_tls_context(self, *args, **kwargs) -> urllib3.HTTPConnectionPool:
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        if pool.ConnectionCls in _WATCHED:
+            pool.ConnectionCls = _WATCHED[pool.ConnectionCls]
+            pool.conn_kw["watchdog"] = self.watchdog
+        return pool
+
+
+class _Session(requests.Session):
+    """One fetch's session. It never follows a redirect itself: requests would read the redirect's
+    body whole to free the connection, even when asked not to follow (to fill response.next)."""
+
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        adapter = _Adapter(watchdog)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def get_redirect_target(self, resp: requests.Response) -> Optional[str]:
+        return None
+
+    def redirect_target(self, resp: requests.Response) -> Optional[str]:
+        """Where resp redirects to, if it is a redirect; its body is not read."""
+        return super().get_redirect_target(resp)

@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from conftest import RECORDS_JSON, SCRIPT, TODOS, caught_writing, cli, hang, huge, ok, status, trickle
+from conftest import (RECORDS_JSON, SCRIPT, TODOS, caught_writing, cli, hang, huge, ok, redirect, slow_headers,
+                      status, trickle)
 
 FAST = ["--once", "--retry-delay", "0.01"]
 
@@ -75,8 +76,10 @@ def test_a_source_that_never_answers_is_cut_off_by_the_timeout(source, good_outp
     assert time.monotonic() - started < 8
 
 
-def test_a_source_that_trickles_is_cut_off_by_the_deadline(source, good_output):
-    url = source.add("/todos", trickle(total=10_000, every=0.05))
+@pytest.mark.parametrize("answer", [trickle(total=10_000, every=0.05), slow_headers(every=0.3)],
+                         ids=["its body", "its headers"])
+def test_a_source_that_trickles_is_cut_off_by_the_deadline(source, good_output, answer):
+    url = source.add("/todos", answer)
     started = time.monotonic()
     result = cli(*FAST, "--retries", 0, "--timeout", 1, "--deadline", 0.5, "--url", url, "--output", good_output)
     assert failed_with(result, f"extract failed: {url} did not finish within --deadline 0.5 s", good_output)
@@ -90,6 +93,34 @@ def test_a_body_that_is_not_json_is_retried_then_fails(source, good_output):
         result, f"extract failed after 2 attempts: {url} sent a body that is not valid JSON "
                 "(Expecting property name enclosed in double quotes: line 1 column 15 (char 14))", good_output)
     assert source.hits("/todos") == 2
+
+
+def test_redirects_are_followed_and_each_hop_is_logged_masked(source, tmp_path):
+    source.add("/todos?sig=s1g", ok())
+    old = source.add("/old?token=t0p", redirect("/todos?sig=s1g", code=301))
+    result = cli(*FAST, "--url", old.replace("//", "//ann:pa55w0rd@"), "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    base = source.url("").replace("//", "//***@")
+    assert f"GET {base}/old?token=***: HTTP 301, redirected to {base}/todos?sig=***\n" in result.stdout
+    assert "pa55w0rd" not in result.stdout and "t0p" not in result.stdout and "s1g" not in result.stdout
+    assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def test_a_redirect_body_over_max_bytes_is_not_read(source, tmp_path):
+    source.add("/todos", ok())
+    url = source.add("/old", redirect("/todos", inflates_to=50 * 2**20))
+    result = cli(*FAST, "--retries", 0, "--timeout", 2, "--max-bytes", 2**20, "--url", url,
+                 "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def test_too_many_redirects_fail(source, good_output):
+    url = source.add("/a", redirect("/b"))
+    source.add("/b", redirect("/a"))
+    result = cli(*FAST, "--retries", 0, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed: {url} redirected more than 5 times (the last time to {url}); "
+                               "give --url the final address", good_output)
 
 
 def test_a_body_over_max_bytes_is_cut_off(source, good_output):

@@ -1,6 +1,6 @@
 """etl.source: one GET under limits against a real loopback server, and URL masking."""
 import pytest
-from conftest import TODOS, huge, ok, status
+from conftest import TODOS, huge, ok, redirect, slow_headers, status
 
 from etl.errors import SourceError, UrlError
 from etl.source import check_url, fetch_json, mask_url
@@ -39,6 +39,81 @@ def test_fetch_json_stops_reading_past_max_bytes(source):
     url = source.add("/todos", huge(8 * 2**20))
     with pytest.raises(SourceError, match=r"sent more than --max-bytes 1048576 bytes$"):
         fetch_json(url, **LIMITS)
+
+
+def test_a_redirect_is_followed_without_reading_its_body(source):
+    """Its gzip body inflates past max_bytes and never ends: reading it would fail."""
+    source.add("/todos", ok())
+    url = source.add("/old", redirect("/todos", inflates_to=8 * 2**20))
+    assert fetch_json(url, **LIMITS) == TODOS
+    assert (source.hits("/old"), source.hits("/todos")) == (1, 1)
+
+
+@pytest.mark.parametrize("location", ["todos", "/api/todos", "../api/todos", "{base}/api/todos"])
+def test_a_relative_or_absolute_location_is_followed(source, location):
+    source.add("/api/todos", ok())
+    url = source.add("/api/old", redirect(location.format(base=source.url(""))))
+    assert fetch_json(url, **LIMITS) == TODOS
+
+
+def chain(source, hops):
+    """A chain of hops redirects, /r1 -> /r2 -> ... -> /todos; the url of /r1."""
+    source.add("/todos", ok())
+    for n in range(1, hops + 1):
+        source.add(f"/r{n}", redirect(f"/r{n + 1}" if n < hops else "/todos", code=(301, 302, 303, 307, 308)[n % 5]))
+    return source.url("/r1")
+
+
+def test_five_redirects_are_followed(source):
+    assert fetch_json(chain(source, 5), **LIMITS) == TODOS
+
+
+def test_a_sixth_redirect_fails(source):
+    url = chain(source, 6)
+    with pytest.raises(SourceError) as raised:
+        fetch_json(url, **LIMITS)
+    assert str(raised.value) == (f"{url} redirected more than 5 times (the last time to {source.url('/todos')}); "
+                                 "give --url the final address")
+    assert (source.hits("/r6"), source.hits("/todos")) == (1, 0)
+
+
+def test_a_redirect_loop_fails(source):
+    url = source.add("/a", redirect("/b"))
+    source.add("/b", redirect("/a"))
+    with pytest.raises(SourceError, match=r"/a redirected more than 5 times \(the last time to http://\S+/a\)"):
+        fetch_json(url, **LIMITS)
+    assert source.hits("/a") + source.hits("/b") == 6
+
+
+def test_each_hop_is_logged_masked(source, caplog):
+    source.add("/todos?sig=s1g", ok())
+    url = source.add("/old?token=t0p", redirect("/todos?sig=s1g"))
+    fetch_json(url.replace("//", "//ann:pa55w0rd@"), **LIMITS)
+    base = source.url("").replace("//", "//***@")
+    assert f"GET {base}/old?token=***: HTTP 302, redirected to {base}/todos?sig=***" in caplog.messages
+    assert not [m for m in caplog.messages if "pa55w0rd" in m or "t0p" in m or "s1g" in m]
+
+
+def test_a_redirect_to_a_url_that_cannot_be_fetched_fails_naming_it_masked(source):
+    url = source.add("/todos", redirect("ftp://ann:pw@example.org/todos?token=t0p"))
+    with pytest.raises(SourceError) as raised:
+        fetch_json(url, **LIMITS)
+    assert str(raised.value) == (f"{url} redirected to ftp://***@example.org/todos?token=***: "
+                                 "only http:// and https:// URLs can be fetched")
+
+
+def test_the_deadline_covers_headers_sent_a_line_at_a_time(source):
+    url = source.add("/todos", slow_headers(every=0.3))
+    with pytest.raises(SourceError) as raised:
+        fetch_json(url, timeout=1, deadline=0.5, max_bytes=2**20)
+    assert str(raised.value) == f"{url} did not finish within --deadline 0.5 s"
+
+
+def test_the_deadline_covers_every_hop(source):
+    source.add("/todos", slow_headers(every=0.3))
+    url = source.add("/old", redirect("/todos"))
+    with pytest.raises(SourceError, match=r"/old did not finish within --deadline 0\.5 s$"):
+        fetch_json(url, timeout=1, deadline=0.5, max_bytes=2**20)
 
 
 @pytest.mark.parametrize("url, message", [
