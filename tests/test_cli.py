@@ -53,6 +53,9 @@ def test_once_exits_1_with_one_line_when_the_run_fails(source, good_output):
      "argument --url: ftp://***@example.org/todos?token=***: only http:// and https:// URLs can be fetched"),
     (["--url", "http://127.0.0.1:1/", "--url", "example.org/todos"],
      "argument --url: example.org/todos: no scheme; write https:// or http:// before the host"),
+    *[([f"{option}={value}"], f"argument {option}: must be a finite number: {value}")
+      for option in ["--interval", "--retry-delay", "--timeout", "--deadline"]
+      for value in ["nan", "inf", "-inf", "NaN"]],
 ])
 def test_bad_usage_exits_2(args, message, capsys):
     with pytest.raises(SystemExit) as exited:

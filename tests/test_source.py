@@ -116,6 +116,13 @@ def test_the_deadline_covers_every_hop(source):
         fetch_json(url, timeout=1, deadline=0.5, max_bytes=2**20)
 
 
+def test_a_bad_timeout_is_not_reported_as_a_bad_body(source):
+    """Only the parse's ValueError means the body is not JSON; the command line refuses nan."""
+    url = source.add("/todos", ok())
+    with pytest.raises(ValueError, match="NaN"):
+        fetch_json(url, timeout=float("nan"), deadline=30, max_bytes=2**20)
+
+
 @pytest.mark.parametrize("url, message", [
     ("ftp://ann:pw@example.org/x?token=t0p", "ftp://***@example.org/x?token=***: only http:// and https:// URLs can be fetched"),
     ("file:///etc/passwd", "file:///etc/passwd: only http:// and https:// URLs can be fetched"),
