@@ -46,7 +46,7 @@ def _keep_host(task, old_state, new_state):
 @task(
     max_retries=RETRIES,
     retry_delay=datetime.timedelta(seconds=RETRY_DELAY),
-    retry_on=SourceError,  # a payload of the wrong shape (PayloadError) fails at once
+    retry_on=SourceError,  # a payload of the wrong shape (PayloadError) or a bad URL (UrlError) fails at once
     state_handlers=[_keep_attempts],
 )
 def extract(url: Union[str, List[str]], timeout: float = TIMEOUT, deadline: float = DEADLINE,

@@ -14,10 +14,11 @@ from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalEx
 
 import etl
 from etl.diagram import FORMATS
-from etl.errors import PROG, Explained
+from etl.errors import PROG, Explained, UrlError
 from etl.service import Watch, Watches
 from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY,
                           STALE_AFTER_INTERVALS, TIMEOUT)
+from etl.source import check_url
 
 
 def _at_least(kind: type, low: float) -> Callable[[str], float]:
@@ -50,6 +51,15 @@ def _address(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
+def _url(text: str) -> str:
+    """An argparse type: a URL that can be fetched; the error names it masked."""
+    try:
+        check_url(text)
+    except UrlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -58,7 +68,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         epilog="Exit status: 0 success, 1 the run failed, 2 bad usage, 130 SIGINT, 143 SIGTERM.",
     )
     add = parser.add_argument
-    add("--url", action="append", metavar="URL",
+    add("--url", action="append", type=_url, metavar="URL",
         help=f"source of the todos; repeat to fetch several in parallel (default: {API_URL})")
     add("--output", default=OUTPUT, metavar="PATH", help="file to write (default: %(default)s)")
     add("--once", action="store_true", help="run once now instead of on the schedule")

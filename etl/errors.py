@@ -21,5 +21,9 @@ class PayloadError(Explained):
     """The source answered JSON of the wrong shape; retrying will not help."""
 
 
+class UrlError(Explained):
+    """A URL that can never be fetched (not http or https, no host, malformed); retrying will not help."""
+
+
 class SinkError(Explained):
     """The output could not be written."""

@@ -1,42 +1,98 @@
-"""Fetching a source: one HTTP GET under limits (timeout, deadline, size), the JSON it holds, and
-which failures are worth retrying (SourceError). URLs are masked wherever they are shown."""
+"""Fetching a source: which URLs can be fetched, one HTTP GET under limits (timeout, deadline, size,
+redirects), the JSON it holds, and which failures are worth retrying (SourceError). URLs are masked
+wherever they are shown."""
 import json
 import re
+import socket
+import threading
 import time
 import urllib.parse
+from typing import List, Optional, Set, Tuple
 
 import prefect
 import requests
 import urllib3
 
-from etl.errors import SourceError
+from etl.errors import SourceError, UrlError
 
 log = prefect.utilities.logging.get_logger(__name__)
 
+MAX_REDIRECTS = 5
+# Everything up to the last "@" before the host ends (the first "/", "?" or "#" after "//"), with
+# or without a scheme: "https://ghp_x@h", "ann:pw@h/x" (which urlsplit reads as scheme "ann").
+_USERINFO = re.compile(r"^(?P<start>(?:[^/?#]*//)?)(?P<userinfo>[^/?#]*)@")
+# A name=value pair, in a query or a fragment ("#access_token=..."), split on "&" or ";", whose
+# name looks like it holds a secret: X-Amz-Credential, X-Amz-Signature, api_key, password, jwt...
+_SECRET_PARAM = re.compile(
+    r"(?P<name>(?:^|[&;])[^=&;]*(?:token|key|secret|pass|auth|sig|jwt|code|credential)[^=&;]*=)"
+    r"(?P<value>[^&;]*)", re.IGNORECASE)
+
 
 def mask_url(url: str) -> str:
-    """The URL with any password and token-like query values replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-    query = re.sub(
-        r"(^|&)([^=&]*(?:token|key|secret|pass|auth|sig)[^=&]*)=[^&]*",
-        r"\1\2=***", parts.query, flags=re.IGNORECASE,
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    """The URL with its userinfo (user name and password) and the values of token-like parameters,
+    in the query or the fragment, replaced by ***."""
+    url = _USERINFO.sub(r"\g<start>***@", url, count=1)
+    head, hash_, fragment = url.partition("#")
+    head, question, query = head.partition("?")
+    return head + question + _mask_params(query) + hash_ + _mask_params(fragment)
+
+
+def _mask_params(params: str) -> str:
+    return _SECRET_PARAM.sub(r"\g<name>***", params)
+
+
+def mask_text(text: str, *urls: str) -> str:
+    """text (a message from requests, urllib3 or a server) with every secret of these urls in it
+    replaced by ***, as written in the url, decoded, or re-encoded the way requests sends it."""
+    for secret in sorted(_secrets(urls), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(urls: Tuple[str, ...]) -> Set[str]:
+    found = []
+    for url in urls:
+        if userinfo := _USERINFO.match(url):
+            found += [userinfo["userinfo"], *userinfo["userinfo"].split(":", 1)]
+        head, _, fragment = url.partition("#")
+        for params in (head.partition("?")[2], fragment):
+            found += [param["value"] for param in _SECRET_PARAM.finditer(params)]
+    forms = (lambda s: s, urllib.parse.unquote, requests.utils.requote_uri)
+    return {form(secret) for secret in found if secret for form in forms} - {""}
+
+
+def check_url(url: str) -> None:
+    """Raise UrlError, naming the masked url, if it can never be fetched: not http or https, no
+    host, or malformed."""
+    masked = mask_url(url)
+    if not url:
+        raise UrlError("an empty URL")
+    if "://" not in url:
+        raise UrlError(f"{masked}: no scheme; write https:// or http:// before the host")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise UrlError(f"{masked}: only http:// and https:// URLs can be fetched")
+        if not parts.hostname:
+            raise UrlError(f"{masked}: no host")
+        parts.port  # raises on a port out of range or not a number
+        requests.Request("GET", url).prepare()  # raises on a host that is not a valid name
+    except (ValueError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise UrlError(f"{masked}: not a valid URL ({mask_text(str(exc), url)})") from None
 
 
 def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> object:
-    """The JSON document at url; SourceError names the (masked) url and the cause."""
+    """The JSON document at url; SourceError (worth retrying) or UrlError (not) names the masked
+    url and the cause."""
     masked = mask_url(url)
     logger = prefect.context.get("logger", log)
     attempt = prefect.context.get("task_run_count", 1)
     started = time.monotonic()
     try:
+        check_url(url)
         text, status, size = _get_text(url, masked, timeout, deadline, max_bytes)
         payload = _parse_json(text, masked)
-    except SourceError as exc:
+    except (SourceError, UrlError) as exc:
         logger.warning("Attempt %d failed after %.3f s: %s", attempt, time.monotonic() - started, exc)
         raise
     records = len(payload) if isinstance(payload, list) else "no"
@@ -48,27 +104,58 @@ def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> obj
 def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int) -> tuple:
     """The body as text, its HTTP status and size. It arrives in one growing buffer, which is gone
     before the text is parsed."""
-    started = time.monotonic()
     body = bytearray()
+    visited = [url]  # every hop, to mask their secrets in messages from requests and urllib3
+    watchdog = _Watchdog(deadline)
     try:
-        with requests.get(url, timeout=timeout, stream=True) as response:
-            if not response.ok:
-                raise SourceError(f"{masked} answered HTTP {response.status_code} {response.reason}")
-            # read1 returns whatever has arrived, so the deadline holds against a trickle.
-            while chunk := response.raw.read1(1 << 20, decode_content=True):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise SourceError(f"{masked} sent more than --max-bytes {max_bytes} bytes")
-                if time.monotonic() - started > deadline:
-                    raise SourceError(f"{masked} did not finish within --deadline {deadline:g} s")
-    except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
-        raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
+        with watchdog, _Session(watchdog) as session:
+            # Connecting is bounded by the deadline too: the watchdog only sees connected sockets.
+            response = _follow_redirects(session, visited, (min(timeout, deadline), timeout))
+            with response:
+                if response.status_code >= 300:
+                    reason = mask_text(response.reason or "", *visited)  # the server's words
+                    raise SourceError(f"{masked} answered HTTP {response.status_code} {reason}")
+                # read1 returns whatever has arrived, so the watchdog's shutdown ends the loop.
+                while chunk := response.raw.read1(1 << 20, decode_content=True):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise SourceError(f"{masked} sent more than --max-bytes {max_bytes} bytes")
+        if watchdog.expired:  # a body without a length ends, cut short, when its socket is shut
+            raise watchdog.error(masked)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise SourceError(f"{masked} could not be read: {root_cause(exc)}") from None
+        if watchdog.expired:
+            raise watchdog.error(masked) from None
+        if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+            raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
+        raise SourceError(f"{masked} could not be read: {mask_text(root_cause(exc), *visited)}") from None
     try:
         return body.decode("utf-8-sig"), response.status_code, len(body)
     except UnicodeDecodeError as exc:
         raise _not_json(masked, exc) from None
+
+
+def _follow_redirects(session: requests.Session, visited: List[str], timeout: tuple) -> requests.Response:
+    """The response at the end of visited[-1]'s redirects, its body unread; each hop is appended
+    to visited and logged masked. A redirect's body is never read: it could be any size."""
+    logger = prefect.context.get("logger", log)
+    while True:
+        response = session.get(visited[-1], timeout=timeout, stream=True)
+        target = session.redirect_target(response)
+        if target is None:
+            return response
+        response.close()
+        current = mask_url(visited[-1])
+        # A relative Location keeps the scheme, host and credentials; another host gets none.
+        visited.append(urllib.parse.urljoin(visited[-1], target))
+        following = mask_url(visited[-1])
+        if len(visited) > MAX_REDIRECTS + 1:
+            raise SourceError(f"{mask_url(visited[0])} redirected more than {MAX_REDIRECTS} times "
+                              f"(the last time to {following}); give --url the final address")
+        logger.info("GET %s: HTTP %d, redirected to %s", current, response.status_code, following)
+        try:
+            check_url(visited[-1])
+        except UrlError as exc:
+            raise SourceError(f"{current} redirected to {exc}") from None
 
 
 def _parse_json(text: str, masked: str) -> object:
@@ -87,3 +174,109 @@ def root_cause(exc: BaseException) -> str:
     while (inner := exc.__cause__ or exc.__context__) is not None:
         exc = inner
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class _Watchdog:
+    """Bounds one fetch by its deadline wherever it is when the deadline passes (connecting,
+    waiting for headers, reading a body): requests' own timeout bounds each read, not their sum,
+    so a source that trickles header lines would never be cut off. It shuts down every socket the
+    fetch connected; the read that waits on one then ends at once."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.ends = time.monotonic() + deadline
+        self.fired = False
+        self._sockets: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(min(deadline, threading.TIMEOUT_MAX), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    @property
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.ends
+
+    def error(self, masked: str) -> SourceError:
+        return SourceError(f"{masked} did not finish within --deadline {self.deadline:g} s")
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:
+                _shut_down(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the fetch is over
+
+
+class _WatchedConnection:
+    """A urllib3 connection that hands its socket to the fetch's watchdog once connected."""
+
+    def __init__(self, *args: object, watchdog: _Watchdog, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self.watchdog.watch(self.sock)
+
+
+class _HTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+_WATCHED = {urllib3.connection.HTTPConnection: _HTTPConnection,
+            urllib3.connection.HTTPSConnection: _HTTPSConnection}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' transport, with every connection it opens watched by the fetch's watchdog."""
+
+    def __init__(self, watchdog: _Watchdog):
+        self.watchdog = watchdog
+        super().__init__()
+
+    def get_connection_with_tls_context(self, *args, **kwargs) -> urllib3.HTTPConnectionPool:
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        if pool.ConnectionCls in _WATCHED:
+            pool.ConnectionCls = _WATCHED[pool.ConnectionCls]
+            pool.conn_kw["watchdog"] = self.watchdog
+        return pool
+
+
+class _Session(requests.Session):
+    """One fetch's session. It never follows a redirect itself: requests would read the redirect's
+    body whole to free the connection, even when asked not to follow (to fill response.next)."""
+
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        adapter = _Adapter(watchdog)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def get_redirect_target(self, resp: requests.Response) -> Optional[str]:
+        return None
+
+    def redirect_target(self, resp: requests.Response) -> Optional[str]:
+        """Where resp redirects to, if it is a redirect; its body is not read."""
+        return super().get_redirect_target(resp)

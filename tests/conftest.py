@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -72,6 +73,42 @@ def huge(size):
         handler.end_headers()
         handler.wfile.write(b"[" + b" " * (size - 2) + b"]")
         handler.close_connection = True
+    return act
+
+
+def redirect(location, code=302, inflates_to=0):
+    """Redirect to location with a gzip body of inflates_to zero bytes, sent one byte short of its
+    Content-Length: a client that reads the body waits for that byte until it gives up."""
+    def act(handler):
+        body = gzip_zeros(inflates_to)
+        handler.send_response(code)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(body) + 1))
+        handler.end_headers()
+        handler.wfile.write(body)
+        handler.server.stopping.wait(60)
+        handler.close_connection = True
+    return act
+
+
+def gzip_zeros(size):
+    packer = zlib.compressobj(wbits=31)  # 31: the gzip format
+    chunk = bytes(1 << 20)
+    packed = [packer.compress(chunk[:size - done]) for done in range(0, size, len(chunk))]
+    return b"".join(packed) + packer.flush()
+
+
+def slow_headers(every=0.3):
+    """Send the status line, then a header line every `every` seconds, without end."""
+    def act(handler):
+        handler.send_response(200)
+        handler.flush_headers()
+        sent = 0
+        while not handler.server.stopping.wait(every):
+            handler.send_header("X-Slow", str(sent))
+            handler.flush_headers()
+            sent += 1
     return act
 
 

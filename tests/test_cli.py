@@ -59,6 +59,13 @@ def test_once_exits_1_with_one_line_when_the_run_fails(source, good_output):
     (["--visualize", "x.png", "--listen", "127.0.0.1:0"], "--visualize and --listen cannot be used together"),
     (["--visualize", "x.png", "--notify", "http://127.0.0.1:1/"], "--visualize and --notify cannot be used together"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--url", "ftp://ann:pw@example.org/todos?token=t0p"],
+     "argument --url: ftp://***@example.org/todos?token=***: only http:// and https:// URLs can be fetched"),
+    (["--url", "http://127.0.0.1:1/", "--url", "example.org/todos"],
+     "argument --url: example.org/todos: no scheme; write https:// or http:// before the host"),
+    *[([f"{option}={value}"], f"argument {option}: must be a finite number: {value}")
+      for option in ["--interval", "--retry-delay", "--timeout", "--deadline"]
+      for value in ["nan", "inf", "-inf", "NaN"]],
 ])
 def test_bad_usage_exits_2(args, message, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -80,6 +87,16 @@ def test_stale_after_defaults_to_three_intervals():
     assert parse_args(["--listen", "127.0.0.1:0", "--interval", "1.5"]).stale_after == 4.5
     assert parse_args(["--listen", "localhost:9100", "--stale-after", "0.5"]).stale_after == 0.5
     assert parse_args(["--listen", "localhost:9100"]).listen == ("localhost", 9100)
+
+
+def test_a_url_that_can_never_be_fetched_is_bad_usage_and_its_secrets_show_nowhere(tmp_path):
+    result = cli("--once", "--url", "file://ann:pa55w0rd@localhost/etc/passwd?token=t0p#jwt=j0t", "--history", "h.jsonl",
+                 cwd=tmp_path)
+    assert result.returncode == 2
+    assert last_line(result.stderr) == ("prefectflow.py: error: argument --url: file://***@localhost/etc/passwd"
+                                        "?token=***#jwt=***: only http:// and https:// URLs can be fetched")
+    assert not any(secret in result.stdout + result.stderr for secret in ["pa55w0rd", "t0p", "j0t"])
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 def test_bad_usage_in_a_subprocess_exits_2_and_runs_nothing(tmp_path):
@@ -105,6 +122,21 @@ def test_prefect_cli_runs_the_module_flow(source, tmp_path):
     assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
 
 
+def test_prefect_cli_fails_at_once_on_a_url_that_can_never_be_fetched(tmp_path):
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    result = subprocess.run([prefect, "run", "-p", str(ROOT / "prefectflow.py"), "--param",
+                             "parametro_url=ftp://ann:pa55w0rd@example.org/todos?token=t0p"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1
+    # Prefect's own command line echoes the parameters it was given, as it was given them.
+    output = (result.stdout + result.stderr).replace(
+        "Parameters: {'parametro_url': 'ftp://ann:pa55w0rd@example.org/todos?token=t0p'}", "")
+    assert "ftp://***@example.org/todos?token=***: only http:// and https:// URLs can be fetched" in output
+    assert "pa55w0rd" not in output and "t0p" not in output
+    assert "Retrying" not in output and "Flow run FAILED" in output
+    assert list(tmp_path.iterdir()) == []
+
+
 def describe(executor):
     kind = type(executor).__name__
     if kind == "LocalDaskExecutor":
@@ -117,11 +149,11 @@ def describe(executor):
 
 @pytest.mark.parametrize("args, expected", [
     ([], ("LocalExecutor",)),
-    (["--url", "a"] * 2 + ["--url", "b"], ("LocalDaskExecutor", "threads", 3)),
-    (["--url", "a"] * 40, ("LocalDaskExecutor", "threads", 32)),
+    (["--url", "http://a/"] * 2 + ["--url", "http://b/"], ("LocalDaskExecutor", "threads", 3)),
+    (["--url", "http://a/"] * 40, ("LocalDaskExecutor", "threads", 32)),
     (["--workers", "3"], ("LocalDaskExecutor", "threads", 3)),
     (["--executor", "processes"], ("LocalDaskExecutor", "processes", 1)),
-    (["--executor", "dask", "--workers", "2"] + ["--url", "a"] * 5, ("DaskExecutor", None, 2, 3)),
+    (["--executor", "dask", "--workers", "2"] + ["--url", "http://a/"] * 5, ("DaskExecutor", None, 2, 3)),
     (["--dask-address", "tcp://127.0.0.1:8786"], ("DaskExecutor", "tcp://127.0.0.1:8786", None, None)),
 ])
 def test_executor_options(args, expected):

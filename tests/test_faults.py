@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from conftest import RECORDS_JSON, SCRIPT, TODOS, caught_writing, cli, hang, huge, ok, status, trickle
+from conftest import (RECORDS_JSON, SCRIPT, TODOS, caught_writing, cli, hang, huge, ok, redirect, slow_headers,
+                      status, trickle)
 
 FAST = ["--once", "--retry-delay", "0.01"]
 
@@ -75,8 +76,10 @@ def test_a_source_that_never_answers_is_cut_off_by_the_timeout(source, good_outp
     assert time.monotonic() - started < 8
 
 
-def test_a_source_that_trickles_is_cut_off_by_the_deadline(source, good_output):
-    url = source.add("/todos", trickle(total=10_000, every=0.05))
+@pytest.mark.parametrize("answer", [trickle(total=10_000, every=0.05), slow_headers(every=0.3)],
+                         ids=["its body", "its headers"])
+def test_a_source_that_trickles_is_cut_off_by_the_deadline(source, good_output, answer):
+    url = source.add("/todos", answer)
     started = time.monotonic()
     result = cli(*FAST, "--retries", 0, "--timeout", 1, "--deadline", 0.5, "--url", url, "--output", good_output)
     assert failed_with(result, f"extract failed: {url} did not finish within --deadline 0.5 s", good_output)
@@ -90,6 +93,42 @@ def test_a_body_that_is_not_json_is_retried_then_fails(source, good_output):
         result, f"extract failed after 2 attempts: {url} sent a body that is not valid JSON "
                 "(Expecting property name enclosed in double quotes: line 1 column 15 (char 14))", good_output)
     assert source.hits("/todos") == 2
+
+
+def test_an_html_error_page_from_a_proxy_is_retried(source, tmp_path):
+    url = source.add("/todos", ok(b"<html><body>502 Bad Gateway</body></html>"), ok())
+    result = cli(*FAST, "--retries", 2, "--url", url, "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    assert source.hits("/todos") == 2
+    assert "Success, 3 records written, 2 extract attempts" in result.stdout
+
+
+def test_redirects_are_followed_and_each_hop_is_logged_masked(source, tmp_path):
+    source.add("/todos?sig=s1g", ok())
+    old = source.add("/old?token=t0p", redirect("/todos?sig=s1g", code=301))
+    result = cli(*FAST, "--url", old.replace("//", "//ann:pa55w0rd@"), "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    base = source.url("").replace("//", "//***@")
+    assert f"GET {base}/old?token=***: HTTP 301, redirected to {base}/todos?sig=***\n" in result.stdout
+    assert "pa55w0rd" not in result.stdout and "t0p" not in result.stdout and "s1g" not in result.stdout
+    assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def test_a_redirect_body_over_max_bytes_is_not_read(source, tmp_path):
+    source.add("/todos", ok())
+    url = source.add("/old", redirect("/todos", inflates_to=50 * 2**20))
+    result = cli(*FAST, "--retries", 0, "--timeout", 2, "--max-bytes", 2**20, "--url", url,
+                 "--output", tmp_path / "datos.json")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def test_too_many_redirects_fail(source, good_output):
+    url = source.add("/a", redirect("/b"))
+    source.add("/b", redirect("/a"))
+    result = cli(*FAST, "--retries", 0, "--url", url, "--output", good_output)
+    assert failed_with(result, f"extract failed: {url} redirected more than 5 times (the last time to {url}); "
+                               "give --url the final address", good_output)
 
 
 def test_a_body_over_max_bytes_is_cut_off(source, good_output):
@@ -142,9 +181,61 @@ def test_logs_mask_credentials(source, tmp_path):
     url = url.replace("http://", "http://ann:hunter2@")
     result = cli("--once", "--url", url, "--output", tmp_path / "datos.json")
     assert result.returncode == 0, result.stderr
-    assert "GET http://ann:***@127.0.0.1" in result.stdout
+    assert "GET http://***@127.0.0.1" in result.stdout
     assert "/todos?page=1&access_token=***: HTTP 200, " in result.stdout
     assert "hunter2" not in result.stdout and "t0ps3cret" not in result.stdout
+
+
+SECRETS = ["us3rt0k", "pa55w0rd", "qu3ryt0k", "fr4gt0k", "h0pt0k"]
+QUERY = "?page=1&access_token=qu3ryt0k"
+
+
+def secret_url(base):
+    """base (scheme://host:port/path) with a secret user name and password, query token and fragment token."""
+    scheme, rest = base.split("://")
+    return f"{scheme}://us3rt0k:pa55w0rd@{rest}{QUERY}#id_token=fr4gt0k"
+
+
+def served(answer):
+    """A failure met on the loopback source: it answers /todos with answer."""
+    def meet(source):
+        source.add("/todos" + QUERY, answer(source))
+        return [], source.url("/todos")
+    return meet
+
+
+def unknown_host(source):
+    if not _can_unshare_net():
+        pytest.skip("needs unshare --net (root)")
+    return ["unshare", "--net"], "http://no-such-host.invalid/todos"
+
+
+FAILURES = {  # how to meet it: the command's prefix (if any) and the url, before its secrets
+    "refused": lambda source: ([], "http://127.0.0.1:9/todos"),
+    "unknown host": unknown_host,
+    "timeout": served(lambda source: hang(10)),
+    "deadline": served(lambda source: slow_headers()),
+    "bad scheme": lambda source: ([], "ftp://127.0.0.1:9/todos"),
+    "404": served(lambda source: status(404)),
+    "invalid JSON": served(lambda source: ok(b"[1,")),
+    "redirected to a 500": served(lambda source: redirect(
+        source.add("/next?sig=h0pt0k", status(500)).replace("//", "//us3rt0k:pa55w0rd@"))),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_secrets_show_nowhere_whatever_fails(source, good_output, failure):
+    prefix, base = FAILURES[failure](source)
+    url, history = secret_url(base), good_output.parent / "runs.jsonl"
+    args = [*FAST, "--retries", 1, "--timeout", 0.5, "--deadline", 1, "--url", url, "--output", good_output,
+            "--history", history]
+    result = subprocess.run([*prefix, sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
+                            timeout=60)
+    seen = result.stdout + result.stderr + (history.read_text() if history.exists() else "")
+    assert result.returncode == (2 if failure == "bad scheme" else 1), seen
+    assert "***@" in result.stderr and "access_token=***" in result.stderr
+    assert [secret for secret in SECRETS if secret in seen] == []
+    assert good_output.read_bytes() == RECORDS_JSON
 
 
 def test_debug_shows_the_traceback(source, good_output):

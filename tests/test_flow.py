@@ -179,6 +179,16 @@ def test_flow_gives_up_after_its_retries(source, good_output):
     assert good_output.read_bytes() == RECORDS_JSON
 
 
+def test_a_url_that_can_never_be_fetched_fails_at_once(good_output):
+    flow = prefectflow.build_flow(retries=5, retry_delay=0.01, output=str(good_output))
+    summary, state = run_once(flow, ["ftp://ann:pw@example.org/todos?token=t0p"])
+    assert state.is_failed()
+    assert (summary["attempts"], summary["urls"]) == (1, ["ftp://***@example.org/todos?token=***"])
+    assert summary["error"] == ("extract failed: ftp://***@example.org/todos?token=***: "
+                                "only http:// and https:// URLs can be fetched")
+    assert good_output.read_bytes() == RECORDS_JSON
+
+
 def test_module_flow_accepts_a_list_of_urls(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     urls = [source.add("/b", ok(TODOS[1:])), source.add("/a", ok(TODOS[:1]))]
