@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         allow_empty=args.allow_empty, mapped=len(args.urls) > 1,
     )
     try:
-        with service.stopped_by_signals():
+        with service.stopped_by_signals(abandon=lambda: sink.remove_unfinished(args.output)):
             if args.visualize and not args.once:
                 return _draw(etl_flow, args.visualize)
             if args.demo:
@@ -186,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 status = max(status, _draw(etl_flow, args.visualize, state))
             return status
     except service.Stopped as stop:
-        sink.remove_unfinished()  # writes in worker threads: the process ends before they can
+        sink.remove_unfinished(args.output)  # what threads were writing since: they are interrupted
         print(f"{PROG}: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
 

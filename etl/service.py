@@ -2,10 +2,11 @@
 those who watch it, and the signals that stop it."""
 import contextlib
 import gc
+import multiprocessing
 import os
 import signal
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pendulum
 import prefect
@@ -30,19 +31,34 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-def _stop(signum, frame):
-    raise Stopped(signum)
-
-
 @contextlib.contextmanager
-def stopped_by_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Stopped while inside, whatever the shell started us with."""
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+def stopped_by_signals(abandon: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM raise Stopped while inside, whatever the shell started us with.
+
+    Before it is raised, and before an executor's cleanup could let a write finish, the processes
+    a run started are killed and abandon() is called (to remove what they were writing).
+    """
+    def stop(signum, frame):
+        _end_children()
+        abandon()
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _end_children() -> None:
+    """Kill the processes a run started (the processes executor's pool, a local Dask cluster's
+    workers), so that none goes on to replace the output once we are gone."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join()
 
 
 @contextlib.contextmanager

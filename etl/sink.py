@@ -1,11 +1,12 @@
 """The sink: the output file, replaced atomically (the old file or the new one, never a mix), and
 JSON Lines history files, appended a whole line at a time and read back from the end."""
 import contextlib
+import glob
 import json
 import os
 import secrets
 import stat
-from typing import List, Set
+from typing import List
 
 import prefect
 
@@ -15,14 +16,20 @@ from etl.records import encode_records
 log = prefect.utilities.logging.get_logger(__name__)
 
 
-# Temporary files being written now, by any thread: what a signal that ends the process removes.
-_writing: Set[str] = set()
+def _temporary(target: str, token: str) -> str:
+    """The temporary file a write to target goes to before it replaces it; token tells writes apart.
+    A long name is cut, so that the temporary one is no longer than the output's own."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name[:200]}.{token}.tmp")
 
 
-def remove_unfinished() -> None:
-    """Remove the temporary files of writes still in progress: the process is about to end."""
-    for tmp in list(_writing):
-        with contextlib.suppress(FileNotFoundError):
+def remove_unfinished(path: str) -> None:
+    """Remove the temporary files of writes to path that were cut short: the process that stopped
+    a run removes them once nothing of it (thread or child process) can write any more."""
+    folder, name = os.path.split(_temporary(os.path.realpath(path), "token"))
+    pattern = os.path.join(glob.escape(folder), glob.escape(name).replace(".token.", "." + "[0-9a-f]" * 16 + "."))
+    for tmp in glob.glob(pattern):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
@@ -41,9 +48,7 @@ def write_json(records: list, path: str) -> None:
     except OSError as exc:
         raise SinkError(f"cannot write {path}: {exc.strerror}") from None
     # Named before it exists, so that a signal landing at any moment after it is created can remove it.
-    # (a long name is cut, so that the temporary one is no longer than the output's own)
-    tmp = os.path.join(folder, f".{os.path.basename(target)[:200]}.{secrets.token_hex(8)}.tmp")
-    _writing.add(tmp)
+    tmp = _temporary(target, secrets.token_hex(8))
     try:
         with open(tmp, "x", encoding="utf-8") as out:
             out.writelines(encode_records(records))
@@ -58,8 +63,6 @@ def write_json(records: list, path: str) -> None:
         if isinstance(exc, OSError):
             raise SinkError(f"cannot write {path}: {exc.strerror}") from None
         raise
-    finally:
-        _writing.discard(tmp)
     # The new file is in place; syncing its folder makes the rename itself survive a power loss.
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
