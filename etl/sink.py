@@ -1,11 +1,12 @@
 """The sink: the output file, replaced atomically (the old file or the new one, never a mix), and
 JSON Lines history files, appended a whole line at a time."""
 import contextlib
+import hashlib
 import json
 import os
 import secrets
 import stat
-from typing import Set
+from typing import BinaryIO, Callable, Optional, Set, Tuple
 
 import prefect
 
@@ -15,12 +16,63 @@ from etl.records import encode_records
 log = prefect.utilities.logging.get_logger(__name__)
 
 
-def write_json(records: list, path: str) -> None:
+def write_json(records: list, path: str) -> Tuple[bool, str]:
     """Replace path with records as JSON, atomically: the old file or the new one, never a mix.
+    Whether path was replaced, and the SHA-256 of the bytes it holds.
 
+    A file that already holds exactly these bytes is left alone (same inode, same mtime): it is
+    compared a chunk at a time as the records are formatted, never read or formatted whole.
     A symbolic link stays a link: its target is replaced. An existing file keeps its mode; a new one
     gets what open() gives under the umask.
     """
+    digest = _same_bytes(records, path)
+    if digest is not None:
+        return False, digest
+    hashed = hashlib.sha256()
+
+    def write(out: BinaryIO) -> None:
+        for chunk in encode_records(records):
+            data = chunk.encode("utf-8")
+            hashed.update(data)
+            out.write(data)
+
+    replace_file(path, write)
+    return True, hashed.hexdigest()
+
+
+def _same_bytes(records: list, path: str) -> Optional[str]:
+    """The SHA-256 of path if it holds exactly the JSON text of records; None if it does not."""
+    hashed = hashlib.sha256()
+    try:
+        existing = open(path, "rb")
+    except OSError:
+        return None
+    with existing:
+        for chunk in encode_records(records):
+            data = chunk.encode("utf-8")
+            if existing.read(len(data)) != data:
+                return None
+            hashed.update(data)
+        return None if existing.read(1) else hashed.hexdigest()
+
+
+def file_digest(path: str) -> Optional[str]:
+    """The SHA-256 of the file at path; None if it cannot be read."""
+    try:
+        with open(path, "rb") as existing:
+            return hashlib.file_digest(existing, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replace path with data, atomically, as write_json does."""
+    replace_file(path, lambda out: out.write(data))
+
+
+def replace_file(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Replace path with what write writes to a temporary file beside it: fsynced, then renamed
+    over it, its folder synced; the old file or the new one, never a mix."""
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     try:
@@ -33,8 +85,8 @@ def write_json(records: list, path: str) -> None:
     tmp = os.path.join(folder, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
     _writing.add(tmp)
     try:
-        with open(tmp, "x", encoding="utf-8") as out:
-            out.writelines(encode_records(records))
+        with open(tmp, "xb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         with contextlib.suppress(FileNotFoundError):
