@@ -15,3 +15,8 @@ class PayloadError(Explained):
 
 class SinkError(Explained):
     """The output could not be written."""
+
+
+class SettingError(Explained):
+    """A setting cannot be used where the run needs it (an unset environment variable); retrying
+    will not help."""

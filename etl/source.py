@@ -4,12 +4,14 @@ import json
 import re
 import time
 import urllib.parse
+from typing import Mapping, Optional, Tuple
 
 import prefect
 import requests
 import urllib3
 
 from etl.errors import SourceError
+from etl.headers import Session
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -27,31 +29,36 @@ def mask_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> object:
-    """The JSON document at url; SourceError names the (masked) url and the cause."""
+def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int,
+               headers: Optional[Mapping[str, str]] = None) -> Tuple[object, requests.Response]:
+    """The JSON document at url (None if it answered 304 Not Modified) and the response, for its
+    status and headers; SourceError names the (masked) url and the cause. headers go with the
+    request, and after a redirect only to the same host."""
     masked = mask_url(url)
     logger = prefect.context.get("logger", log)
     attempt = prefect.context.get("task_run_count", 1)
     started = time.monotonic()
     try:
-        text, status, size = _get_text(url, masked, timeout, deadline, max_bytes)
-        payload = _parse_json(text, masked)
+        text, response, size = _get_text(url, masked, timeout, deadline, max_bytes, headers or {})
+        payload = None if response.status_code == 304 else _parse_json(text, masked)
     except SourceError as exc:
         logger.warning("Attempt %d failed after %.3f s: %s", attempt, time.monotonic() - started, exc)
         raise
     records = len(payload) if isinstance(payload, list) else "no"
     logger.info("GET %s: HTTP %d, %d bytes, %s records in %.3f s (attempt %d)",
-                masked, status, size, records, time.monotonic() - started, attempt)
-    return payload
+                masked, response.status_code, size, records, time.monotonic() - started, attempt)
+    return payload, response
 
 
-def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int) -> tuple:
-    """The body as text, its HTTP status and size. It arrives in one growing buffer, which is gone
-    before the text is parsed."""
+def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int,
+              headers: Mapping[str, str]) -> tuple:
+    """The body as text, the response and the body's size. It arrives in one growing buffer, which
+    is gone before the text is parsed."""
     started = time.monotonic()
     body = bytearray()
     try:
-        with requests.get(url, timeout=timeout, stream=True) as response:
+        with Session(url, headers) as session, \
+                session.get(url, headers=headers, timeout=timeout, stream=True) as response:
             if not response.ok:
                 raise SourceError(f"{masked} answered HTTP {response.status_code} {response.reason}")
             # read1 returns whatever has arrived, so the deadline holds against a trickle.
@@ -66,7 +73,7 @@ def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes:
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise SourceError(f"{masked} could not be read: {_root_cause(exc)}") from None
     try:
-        return body.decode("utf-8-sig"), response.status_code, len(body)
+        return body.decode("utf-8-sig"), response, len(body)
     except UnicodeDecodeError as exc:
         raise _not_json(masked, exc) from None
 

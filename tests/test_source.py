@@ -1,6 +1,6 @@
 """etl.source: one GET under limits against a real loopback server, and URL masking."""
 import pytest
-from conftest import TODOS, huge, ok, status
+from conftest import TODOS, cached, huge, ok, status
 
 from etl.errors import SourceError
 from etl.source import fetch_json, mask_url
@@ -8,9 +8,18 @@ from etl.source import fetch_json, mask_url
 LIMITS = dict(timeout=5, deadline=30, max_bytes=2**20)
 
 
-def test_fetch_json_returns_the_document(source):
-    assert fetch_json(source.add("/todos", ok()), **LIMITS) == TODOS
+def test_fetch_json_returns_the_document_and_the_response(source):
+    payload, response = fetch_json(source.add("/todos", ok(ETag='"v1"')), **LIMITS)
+    assert payload == TODOS
+    assert (response.status_code, response.headers["ETag"]) == (200, '"v1"')
     assert source.hits("/todos") == 1
+
+
+def test_fetch_json_sends_the_headers_and_returns_none_for_304(source):
+    url = source.add("/todos", cached(ETag='"v1"'))
+    payload, response = fetch_json(url, **LIMITS, headers={"If-None-Match": '"v1"', "X-Api-Key": "k"})
+    assert (payload, response.status_code) == (None, 304)
+    assert source.asked("/todos")[0]["X-Api-Key"] == "k"
 
 
 def test_fetch_json_names_the_http_error(source):
@@ -21,7 +30,7 @@ def test_fetch_json_names_the_http_error(source):
 
 def test_fetch_json_reads_a_utf8_bom(source):
     url = source.add("/todos", ok(b"\xef\xbb\xbf[]"))
-    assert fetch_json(url, **LIMITS) == []
+    assert fetch_json(url, **LIMITS)[0] == []
 
 
 @pytest.mark.parametrize("body, cause", [
