@@ -142,7 +142,8 @@ def build_flow(
         retry_delay=datetime.timedelta(seconds=retry_delay) if retries else None,
     )
     settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, allow_empty=allow_empty,
-                    paginate=paginate, max_pages=max_pages, headers=headers, output=output if conditional else None)
+                    paginate=paginate, max_pages=max_pages, headers=headers,
+                    output=output if conditional else None)
     schedule = IntervalSchedule(interval=datetime.timedelta(seconds=interval), start_date=start_date)
     with Flow("etl_flow", schedule=schedule) as flow:
         url = Parameter("parametro_url", required=True)

@@ -85,10 +85,12 @@ class Walk:
         link, etag, modified = (response.headers.get(h) for h in ("Link", "ETag", "Last-Modified"))
         if response.status_code == 304:
             if known is None:
-                raise SourceError(f"{mask_url(url)} answered HTTP 304 Not Modified to a request that was not conditional")
+                raise SourceError(f"{mask_url(url)} answered HTTP 304 Not Modified to a request that was "
+                                  "not conditional")
             # A 304 need not repeat the Link header: without one, the next page is the one it had.
-            page = dataclasses.replace(known, etag=etag or known.etag, last_modified=modified or known.last_modified,
-                                       next=next_link(link, response.url) if link is not None else known.next)
+            page = dataclasses.replace(
+                known, etag=etag or known.etag, last_modified=modified or known.last_modified,
+                next=next_link(link, response.url) if link is not None else known.next)
             todos = []
         else:
             try:
@@ -98,8 +100,8 @@ class Walk:
             page = Page(self.source, url, etag, modified, next_link(link, response.url), len(todos))
         following = page.next if options.paginate else None
         if following in {p.url for p in self.pages} | {url}:
-            raise PayloadError(f"{mask_url(self.source)}: page {mask_url(url)} links back to {mask_url(following)}: "
-                               "the pages go round in a loop")
+            raise PayloadError(f"{mask_url(self.source)}: page {mask_url(url)} links back to "
+                               f"{mask_url(following)}: the pages go round in a loop")
         if following and len(self.pages) + 1 >= options.max_pages:
             raise PayloadError(f"{mask_url(self.source)} has more than --max-pages {options.max_pages} pages")
         self.pages.append(page)
@@ -116,7 +118,8 @@ class Walk:
     def fetched(self, allow_empty: bool) -> Fetched:
         """What the walk read, handed over; PayloadError if it is empty and that is not allowed."""
         if not allow_empty and not any(page.count for page in self.pages):
-            raise PayloadError(f"{mask_url(self.source)}: source returned an empty list (--allow-empty accepts it)")
+            raise PayloadError(f"{mask_url(self.source)}: source returned an empty list "
+                               "(--allow-empty accepts it)")
         todos, self.todos = self.todos, []
         return Fetched(todos, self.pages)
 

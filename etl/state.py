@@ -94,11 +94,13 @@ def read_last(output: str) -> Optional[Last]:
             saved = json.load(file)
         if saved["version"] != VERSION:
             return None
-        digest, records, pages = saved["sha256"], saved["records"], [Page(**page) for page in saved["pages"]]
+        digest, records = saved["sha256"], saved["records"]
+        pages = [Page(**page) for page in saved["pages"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if sink.file_digest(output) != digest:
-        prefect.context.get("logger", log).info("%s is missing or not what the last run wrote: fetching every source in full", output)
+        prefect.context.get("logger", log).info(
+            "%s is missing or not what the last run wrote: fetching every source in full", output)
         return None
     last = Last(digest, records, {})
     start = 0

@@ -11,6 +11,7 @@ from etl.source import fetch_json
 
 LIMITS = dict(timeout=5, deadline=30, max_bytes=2**20)
 SECRET = "s3cret-Value-42"
+UNSENDABLE = "holds a line break or a character that is not printable ASCII"
 
 
 def test_parse_header_splits_at_the_first_colon():
@@ -21,8 +22,8 @@ def test_parse_header_splits_at_the_first_colon():
 @pytest.mark.parametrize("text, message", [
     (f"X-Api-Key {SECRET}", 'expected "NAME: VALUE", NAME a header name'),
     (f"X Api: {SECRET}", 'expected "NAME: VALUE", NAME a header name'),
-    (f"X-Api-Key: {SECRET}\r\nHost: evil", "X-Api-Key: its value holds a line break or a character that is not printable ASCII"),
-    (f"X-Api-Key: {SECRET}ñ", "X-Api-Key: its value holds a line break or a character that is not printable ASCII"),
+    (f"X-Api-Key: {SECRET}\r\nHost: evil", f"X-Api-Key: its value {UNSENDABLE}"),
+    (f"X-Api-Key: {SECRET}ñ", f"X-Api-Key: its value {UNSENDABLE}"),
 ])
 def test_parse_header_says_what_is_wrong_without_the_value(text, message):
     with pytest.raises(ValueError) as raised:

@@ -160,3 +160,12 @@ def test_the_command_line_says_unchanged(source, tmp_path):
     assert "Success, unchanged, 1 extract attempts, 1 pages" in result.stdout
     assert "If-None-Match" not in cli("--once", "--no-conditional", *args[4:]).stdout
     assert [h.get("If-None-Match") for h in source.asked("/todos")] == [None, '"v1"', None]
+
+
+def test_a_304_to_a_request_that_was_not_conditional_is_a_failure(source, good_output):
+    url = source.add("/todos", lambda handler: handler.answer(304, b""))
+    flow = prefectflow.build_flow(retries=1, retry_delay=0.01, output=str(good_output))
+    summary, _ = run_once(flow, [url])
+    assert summary["error"] == (f"extract failed after 2 attempts: {url} answered HTTP 304 Not Modified to a "
+                                "request that was not conditional")
+    assert good_output.read_bytes() == RECORDS_JSON
