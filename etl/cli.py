@@ -197,3 +197,8 @@ def setup_logging(debug: bool, quiet: bool) -> None:
         handler.removeFilter(_one_line)
         if not debug:
             handler.addFilter(_one_line)
+    # A stopped run makes Prefect raise KeyboardInterrupt in every thread of its pool; an idle one
+    # then logs "Exception in worker" with a traceback through logging's last resort, on stderr.
+    idle_workers = logging.getLogger("concurrent.futures")
+    if not idle_workers.handlers:
+        idle_workers.addHandler(logging.NullHandler())
