@@ -7,24 +7,23 @@ machinery these tasks call lives in the etl package beside this file (docs/ARCHI
 from __future__ import annotations  # keeps the TypedDicts out of what Dask pickles
 
 import datetime
-import functools
 import os
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Union
 
 import pendulum
 import prefect
 from prefect import Flow, Parameter, task, unmapped
+from prefect.engine.signals import LOOP
 from prefect.schedules import IntervalSchedule
 
-from etl import cli, demo, diagram, service, sink
+from etl import cli, demo, diagram, pages, service, sink, state
 from etl.errors import PROG, PayloadError, SourceError, error
-from etl.records import BATCH, Record, Todo, concat_records, transform_records, validate
-from etl.settings import (DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY,
-                          TIMEOUT)
-from etl.source import fetch_json, mask_url
+from etl.headers import Headers
+from etl.records import BATCH, Record, Todo, concat_records, transform_records
+from etl.settings import DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
+from etl.state import Fetched, carry
 
 log = prefect.utilities.logging.get_logger("prefectflow")
 
@@ -32,7 +31,10 @@ log = prefect.utilities.logging.get_logger("prefectflow")
 def _keep_attempts(task, old_state, new_state):
     """Record on the final state how many times the task ran, for the run summary."""
     if new_state.is_finished():
-        new_state.context["attempts"] = prefect.context.get("task_run_count", 1)
+        # After a LOOP, Prefect counts runs from 1 again: the pages read so far count them instead.
+        progress = prefect.context.get("task_loop_result")
+        runs = prefect.context.get("task_run_count", 1)
+        new_state.context["attempts"] = progress.attempts(new_state.is_successful()) if progress else runs
     return new_state
 
 
@@ -50,28 +52,28 @@ def _keep_host(task, old_state, new_state):
     state_handlers=[_keep_attempts],
 )
 def extract(url: Union[str, List[str]], timeout: float = TIMEOUT, deadline: float = DEADLINE,
-            max_bytes: int = MAX_BYTES, allow_empty: bool = False) -> List[Todo]:
-    """The todos at url (a list of urls: all of them, fetched at once, in that order)."""
-    extract_one = functools.partial(_extract_one, timeout=timeout, deadline=deadline,
-                                    max_bytes=max_bytes, allow_empty=allow_empty)
-    if isinstance(url, str):
-        return extract_one(url)
-    _require_sources(url)
-    with ThreadPoolExecutor(min(len(url), MAX_THREADS) or 1) as pool:
-        return concat_records(pool.map(extract_one, url))
+            max_bytes: int = MAX_BYTES, allow_empty: bool = False, paginate: bool = False,
+            max_pages: int = MAX_PAGES, headers: Optional[Headers] = None,
+            output: Optional[str] = None) -> List[Todo]:
+    """The todos at url (a list of urls: all of them, fetched at once, in that order), knowing the
+    pages they came from. With output, each page is asked whether it changed since the run that
+    wrote output; one that did not (304) has its records there and none here."""
+    urls = [url] if isinstance(url, str) else url
+    _require_sources(urls)
+    options = pages.Options(timeout, deadline, max_bytes, paginate, max_pages, headers)
+    runs = prefect.context.get("task_run_count")  # None outside a flow run
+    progress = prefect.context.get("task_loop_result") or pages.start(urls, output, (runs or 1) - 1)
+    while progress.advance(options):
+        if runs:  # each page a LOOP: a retry goes on from the page that failed
+            raise LOOP(result=progress, message=f"{sum(len(w.pages) for w in progress.walks)} pages read")
+    fetched = [walk.fetched(allow_empty) for walk in progress.walks]
+    return fetched[0] if len(fetched) == 1 else Fetched.joined(fetched)
 
 
 def _require_sources(sources: list) -> None:
     """An empty list of URLs would write an empty output over the last good one."""
     if not sources:
         raise PayloadError("parametro_url is an empty list: give at least one URL")
-
-
-def _extract_one(url: str, timeout: float, deadline: float, max_bytes: int, allow_empty: bool) -> List[Todo]:
-    try:
-        return validate(fetch_json(url, timeout, deadline, max_bytes), allow_empty)
-    except PayloadError as exc:
-        raise PayloadError(f"{mask_url(url)}: {exc}") from None
 
 
 # transform and concat take over the lists they are given and leave them empty: Prefect keeps
@@ -87,25 +89,30 @@ def transform(records: List[Todo]) -> List[Record]:
         batch = records[-BATCH:]
         del records[-BATCH:]
         renamed.append(transform_records(batch))
-    return concat_records(reversed(renamed))
+    return carry(records, concat_records(reversed(renamed)))
 
 
 @task
 def concat(parts: List[List[Todo]]) -> List[Todo]:
     """The sources' todos, in the order the sources were given; `parts` are left empty."""
     _require_sources(parts)
-    joined = concat_records(parts)
+    joined = Fetched.joined(parts)
     for part in parts:
         part.clear()
     return joined
 
 
 @task(state_handlers=[_keep_host])
-def load(records: List[Record], path: str = OUTPUT) -> int:
-    """How many records were written to path."""
-    sink.write_json(records, path)
-    prefect.context.get("logger", log).info("Wrote %d records to %s", len(records), path)
-    return len(records)
+def load(records: List[Record], path: str = OUTPUT, keep_state: bool = True) -> Optional[int]:
+    """How many records were written to path; None if path already held them and was left alone.
+    keep_state writes path's state file: the validators of the pages the records came from."""
+    written = state.write_output(records, path, keep_state)
+    logger = prefect.context.get("logger", log)
+    if written is None:
+        logger.info("Left %s as it was: unchanged", path)
+    else:
+        logger.info("Wrote %d records to %s", written, path)
+    return written
 
 
 def build_flow(
@@ -119,17 +126,24 @@ def build_flow(
     start_date: Optional[datetime.datetime] = None,
     allow_empty: bool = False,
     mapped: bool = False,
+    paginate: bool = False,
+    max_pages: int = MAX_PAGES,
+    headers: Optional[Headers] = None,
+    conditional: bool = True,
 ) -> Flow:
     """etl_flow: parametro_url -> extract -> transform -> load, every `interval` seconds.
 
     mapped=True fetches a list of urls with extract.map (each with its own retries)
-    and joins them in a concat task before transform.
+    and joins them in a concat task before transform. conditional=True asks each source whether it
+    changed since the last run (If-None-Match, If-Modified-Since), keeping a state file beside output.
     """
     retrying_extract = extract.copy(
         max_retries=retries,
         retry_delay=datetime.timedelta(seconds=retry_delay) if retries else None,
     )
-    settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, allow_empty=allow_empty)
+    settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, allow_empty=allow_empty,
+                    paginate=paginate, max_pages=max_pages, headers=headers,
+                    output=output if conditional else None)
     schedule = IntervalSchedule(interval=datetime.timedelta(seconds=interval), start_date=start_date)
     with Flow("etl_flow", schedule=schedule) as flow:
         url = Parameter("parametro_url", required=True)
@@ -137,7 +151,7 @@ def build_flow(
             todos = concat(retrying_extract.map(url, **{k: unmapped(v) for k, v in settings.items()}))
         else:
             todos = retrying_extract(url, **settings)
-        load(transform(todos), output)
+        load(transform(todos), output, conditional)
     return flow
 
 
@@ -160,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         deadline=args.deadline, max_bytes=args.max_bytes, output=args.output,
         interval=args.interval, start_date=pendulum.now("utc"),
-        allow_empty=args.allow_empty, mapped=len(args.urls) > 1,
+        allow_empty=args.allow_empty, mapped=len(args.urls) > 1, paginate=args.paginate,
+        max_pages=args.max_pages, headers=args.headers, conditional=args.conditional,
     )
     try:
         with service.stopped_by_signals(abandon=lambda: sink.remove_unfinished(args.output)):

@@ -3,6 +3,9 @@
 settings  the report's defaults and the limits every layer shares
 errors    the failures we explain in one line
 source    fetching a source over HTTP, under limits; masking secrets in URLs
+headers   the headers given on the command line, kept from other hosts and never shown
+pages     a source read page by page (Link headers), with conditional requests
+state     the state file beside the output: validators and the digest of what was written
 records   todos and records: validation, renaming, the JSON writer's encoding
 sink      the output file's atomic replace, and history lines
 service   one run and its summary, the schedule loop, what it tells its watches, signals

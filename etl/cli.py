@@ -14,10 +14,11 @@ from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalEx
 
 import etl
 from etl.diagram import FORMATS
-from etl.errors import PROG, Explained, UrlError
+from etl.errors import PROG, Explained, SettingError, UrlError
+from etl.headers import Headers, parse_header, parse_header_env
 from etl.service import Watch, Watches
-from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_THREADS, OUTPUT, RETRIES, RETRY_DELAY,
-                          STALE_AFTER_INTERVALS, TIMEOUT)
+from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_THREADS, OUTPUT, RETRIES,
+                          RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT)
 from etl.source import check_url
 
 
@@ -98,6 +99,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--max-bytes", type=_greater_than(int, 0), default=MAX_BYTES, metavar="N",
         help="largest body accepted, in bytes (default: %(default)s, 100 MiB)")
     add("--allow-empty", action="store_true", help="let an empty list replace the output")
+    add("--paginate", action="store_true",
+        help='follow each source\'s Link rel="next" headers to its last page and join the pages')
+    add("--max-pages", type=_greater_than(int, 0), metavar="N",
+        help=f"with --paginate, fail a source that has more than N pages (default: {MAX_PAGES})")
+    add("--header", action="append", default=[], metavar='"NAME: VALUE"',
+        help="send this header with every request (repeatable); not to another host after a redirect")
+    add("--header-env", action="append", default=[], metavar="NAME=ENVVAR",
+        help="send header NAME with the value of environment variable ENVVAR, read at each run (repeatable)")
+    add("--no-conditional", dest="conditional", action="store_false",
+        help="always fetch in full: no If-None-Match/If-Modified-Since, no state file beside the output")
     add("--executor", choices=["local", "threads", "processes", "dask"],
         help="how tasks run (default: local for one source, threads for several)")
     add("--workers", type=_greater_than(int, 0), metavar="N",
@@ -143,6 +154,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                 conflict("--visualize", name)
     if args.visualize and not args.visualize.lower().endswith(tuple("." + f for f in FORMATS)):
         parser.error(f"--visualize: unknown format {args.visualize!r}; use .png, .svg, .pdf, .dot or .gv")
+    if args.max_pages and not args.paginate:
+        parser.error("--max-pages needs --paginate")
+    args.max_pages = args.max_pages or MAX_PAGES
+    args.headers = _headers(parser, args.header, args.header_env)
     if args.interval is None:
         args.interval = INTERVAL
     if args.stale_after is None:
@@ -151,6 +166,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.retry_delay = 1.0 if args.demo else RETRY_DELAY
     args.urls = args.url or [API_URL]
     return args
+
+
+def _headers(parser: argparse.ArgumentParser, fixed: List[str], from_env: List[str]) -> Optional[Headers]:
+    """The --header and --header-env headers, each environment variable checked now; None if none."""
+    if not fixed and not from_env:
+        return None
+    try:
+        given = [parse_header(text) for text in fixed]
+    except ValueError as exc:
+        parser.error(f"--header: {exc}")
+    try:
+        named = [parse_header_env(text) for text in from_env]
+    except ValueError as exc:
+        parser.error(f"--header-env: {exc}")
+    try:
+        headers = Headers(given, named)
+        headers.resolve()
+    except (ValueError, SettingError) as exc:
+        parser.error(str(exc))
+    return headers
 
 
 def make_executor(args: argparse.Namespace) -> Executor:

@@ -27,3 +27,8 @@ class UrlError(Explained):
 
 class SinkError(Explained):
     """The output could not be written."""
+
+
+class SettingError(Explained):
+    """A setting cannot be used where the run needs it (an unset environment variable); retrying
+    will not help."""

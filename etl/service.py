@@ -17,6 +17,7 @@ from prefect.executors import Executor, LocalExecutor
 from etl.errors import Explained, error
 from etl.sink import append_line
 from etl.source import mask_url
+from etl.state import pages_of
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -83,23 +84,30 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
         state = flow.run(parameters={"parametro_url": param}, run_on_schedule=False,
                          executor=executor or LocalExecutor())
     finished = pendulum.now("utc")
+    loads, extracts = _task_states(flow, state, "load"), _task_states(flow, state, "extract")
     summary = {
         "scheduled": (scheduled or started).isoformat(),
         "started": started.isoformat(),
         "finished": finished.isoformat(),
         "state": "Success" if state.is_successful() else "Failed",
-        "records": sum(s.result for s in _task_states(flow, state, "load")) if state.is_successful() else 0,
-        "attempts": sum(s.context.get("attempts", 0) for s in _task_states(flow, state, "extract")),
+        "records": sum(s.result or 0 for s in loads) if state.is_successful() else 0,
+        "changed": state.is_successful() and any(s.result is not None for s in loads),
+        "attempts": sum(s.context.get("attempts", 0) for s in extracts),
+        "pages": sum(len(pages_of(s.result)) for s in extracts if s.is_successful()),
         "urls": [mask_url(u) for u in urls],
     }
-    if state.is_successful() and _identity(_output(flow)) in (None, before):
-        summary["state"], summary["records"] = "Failed", 0
+    # load left the output alone when it was unchanged; else the output here must be a new file.
+    after = _identity(_output(flow))
+    if state.is_successful() and (after is None or (summary["changed"] and after == before)):
+        summary["state"], summary["records"], summary["changed"] = "Failed", 0, False
         summary["error"] = _unseen_output(flow, state)
     elif not state.is_successful():
         summary["error"] = _error(flow, state)
-    log.info("Run started %s (scheduled %s): %s, %d records written, %d extract attempts, %.3f s",
-             summary["started"], summary["scheduled"], summary["state"], summary["records"],
-             summary["attempts"], (finished - started).total_seconds())
+    unchanged = summary["state"] == "Success" and not summary["changed"]
+    written = "unchanged" if unchanged else f"{summary['records']} records written"
+    log.info("Run started %s (scheduled %s): %s, %s, %d extract attempts, %d pages, %.3f s",
+             summary["started"], summary["scheduled"], summary["state"], written,
+             summary["attempts"], summary["pages"], (finished - started).total_seconds())
     return summary, state
 
 

@@ -11,5 +11,6 @@ RETRY_DELAY = 10.0  # seconds
 TIMEOUT = 10.0  # seconds to connect, and at most between two reads of the body
 DEADLINE = 600.0  # seconds for a whole response: 100 MiB at 1.4 Mbit/s
 MAX_BYTES = 100 * 2**20
+MAX_PAGES = 1000  # pages read from one source with --paginate
 MAX_THREADS = 32  # default cap on threads that fetch several sources at once
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "todos.json"

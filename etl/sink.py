@@ -1,12 +1,13 @@
 """The sink: the output file, replaced atomically (the old file or the new one, never a mix), and
-JSON Lines history files, appended a whole line at a time and read back from the end."""
+JSON Lines history files, appended a whole line at a time."""
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import secrets
 import stat
-from typing import List
+from typing import BinaryIO, Callable, List, Optional, Tuple
 
 import prefect
 
@@ -16,29 +17,63 @@ from etl.records import encode_records
 log = prefect.utilities.logging.get_logger(__name__)
 
 
-def _temporary(target: str, token: str) -> str:
-    """The temporary file a write to target goes to before it replaces it; token tells writes apart.
-    A long name is cut, so that the temporary one is no longer than the output's own."""
-    folder, name = os.path.split(target)
-    return os.path.join(folder, f".{name[:200]}.{token}.tmp")
-
-
-def remove_unfinished(path: str) -> None:
-    """Remove the temporary files of writes to path that were cut short: the process that stopped
-    a run removes them once nothing of it (thread or child process) can write any more."""
-    folder, name = os.path.split(_temporary(os.path.realpath(path), "token"))
-    pattern = os.path.join(glob.escape(folder), glob.escape(name).replace(".token.", "." + "[0-9a-f]" * 16 + "."))
-    for tmp in glob.glob(pattern):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def write_json(records: list, path: str) -> None:
+def write_json(records: list, path: str) -> Tuple[bool, str]:
     """Replace path with records as JSON, atomically: the old file or the new one, never a mix.
+    Whether path was replaced, and the SHA-256 of the bytes it holds.
 
+    A file that already holds exactly these bytes is left alone (same inode, same mtime): it is
+    compared a chunk at a time as the records are formatted, never read or formatted whole.
     A symbolic link stays a link: its target is replaced. An existing file keeps its mode; a new one
     gets what open() gives under the umask.
     """
+    digest = _same_bytes(records, path)
+    if digest is not None:
+        return False, digest
+    hashed = hashlib.sha256()
+
+    def write(out: BinaryIO) -> None:
+        for chunk in encode_records(records):
+            data = chunk.encode("utf-8")
+            hashed.update(data)
+            out.write(data)
+
+    replace_file(path, write)
+    return True, hashed.hexdigest()
+
+
+def _same_bytes(records: list, path: str) -> Optional[str]:
+    """The SHA-256 of path if it holds exactly the JSON text of records; None if it does not."""
+    hashed = hashlib.sha256()
+    try:
+        existing = open(path, "rb")
+    except OSError:
+        return None
+    with existing:
+        for chunk in encode_records(records):
+            data = chunk.encode("utf-8")
+            if existing.read(len(data)) != data:
+                return None
+            hashed.update(data)
+        return None if existing.read(1) else hashed.hexdigest()
+
+
+def file_digest(path: str) -> Optional[str]:
+    """The SHA-256 of the file at path; None if it cannot be read."""
+    try:
+        with open(path, "rb") as existing:
+            return hashlib.file_digest(existing, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replace path with data, atomically, as write_json does."""
+    replace_file(path, lambda out: out.write(data))
+
+
+def replace_file(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Replace path with what write writes to a temporary file beside it: fsynced, then renamed
+    over it, its folder synced; the old file or the new one, never a mix."""
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     try:
@@ -50,8 +85,8 @@ def write_json(records: list, path: str) -> None:
     # Named before it exists, so that a signal landing at any moment after it is created can remove it.
     tmp = _temporary(target, secrets.token_hex(8))
     try:
-        with open(tmp, "x", encoding="utf-8") as out:
-            out.writelines(encode_records(records))
+        with open(tmp, "xb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         with contextlib.suppress(FileNotFoundError):
@@ -73,6 +108,23 @@ def write_json(records: list, path: str) -> None:
     except OSError as exc:
         log.warning("Wrote %s, but could not sync its folder %s (%s): the new file may not survive "
                     "a power loss", path, folder, exc.strerror)
+
+
+def _temporary(target: str, token: str) -> str:
+    """The temporary file a write to target goes to before it replaces it; token tells writes apart.
+    A long name is cut, so that the temporary one is no longer than the output's own."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name[:200]}.{token}.tmp")
+
+
+def remove_unfinished(path: str) -> None:
+    """Remove the temporary files of writes to path that were cut short: the process that stopped
+    a run removes them once nothing of it (thread or child process) can write any more."""
+    folder, name = os.path.split(_temporary(os.path.realpath(path), "token"))
+    pattern = os.path.join(glob.escape(folder), glob.escape(name).replace(".token.", "." + "[0-9a-f]" * 16 + "."))
+    for tmp in glob.glob(pattern):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def append_line(path: str, record: dict) -> None:

@@ -7,13 +7,14 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import List, Optional, Set, Tuple
+from typing import List, Mapping, Optional, Set, Tuple
 
 import prefect
 import requests
 import urllib3
 
 from etl.errors import SourceError, UrlError
+from etl.headers import headers_for
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -81,38 +82,41 @@ def check_url(url: str) -> None:
         raise UrlError(f"{masked}: not a valid URL ({mask_text(str(exc), url)})") from None
 
 
-def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int) -> object:
-    """The JSON document at url; SourceError (worth retrying) or UrlError (not) names the masked
-    url and the cause."""
+def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int,
+               headers: Optional[Mapping[str, str]] = None) -> Tuple[object, requests.Response]:
+    """The JSON document at url (None if it answered 304 Not Modified) and the response, for its
+    status and headers. SourceError (worth retrying) or UrlError (not) names the masked url and the
+    cause. headers go with the request, and after a redirect only to the same host."""
     masked = mask_url(url)
     logger = prefect.context.get("logger", log)
     attempt = prefect.context.get("task_run_count", 1)
     started = time.monotonic()
     try:
         check_url(url)
-        text, status, size = _get_text(url, masked, timeout, deadline, max_bytes)
-        payload = _parse_json(text, masked)
+        text, response, size = _get_text(url, masked, timeout, deadline, max_bytes, headers or {})
+        payload = None if response.status_code == 304 else _parse_json(text, masked)
     except (SourceError, UrlError) as exc:
         logger.warning("Attempt %d failed after %.3f s: %s", attempt, time.monotonic() - started, exc)
         raise
     records = len(payload) if isinstance(payload, list) else "no"
     logger.info("GET %s: HTTP %d, %d bytes, %s records in %.3f s (attempt %d)",
-                masked, status, size, records, time.monotonic() - started, attempt)
-    return payload
+                masked, response.status_code, size, records, time.monotonic() - started, attempt)
+    return payload, response
 
 
-def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int) -> tuple:
-    """The body as text, its HTTP status and size. It arrives in one growing buffer, which is gone
-    before the text is parsed."""
+def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int,
+              headers: Mapping[str, str]) -> tuple:
+    """The body as text, the response and the body's size. It arrives in one growing buffer, which
+    is gone before the text is parsed."""
     body = bytearray()
     visited = [url]  # every hop, to mask their secrets in messages from requests and urllib3
     watchdog = _Watchdog(deadline)
     try:
         with watchdog, _Session(watchdog) as session:
             # Connecting is bounded by the deadline too: the watchdog only sees connected sockets.
-            response = _follow_redirects(session, visited, (min(timeout, deadline), timeout))
+            response = _follow_redirects(session, visited, headers, (min(timeout, deadline), timeout))
             with response:
-                if response.status_code >= 300:
+                if response.status_code >= 300 and response.status_code != 304:
                     reason = mask_text(response.reason or "", *visited)  # the server's words
                     raise SourceError(f"{masked} answered HTTP {response.status_code} {reason}")
                 # read1 returns whatever has arrived, so the watchdog's shutdown ends the loop.
@@ -129,17 +133,20 @@ def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes:
             raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
         raise SourceError(f"{masked} could not be read: {mask_text(root_cause(exc), *visited)}") from None
     try:
-        return body.decode("utf-8-sig"), response.status_code, len(body)
+        return body.decode("utf-8-sig"), response, len(body)
     except UnicodeDecodeError as exc:
         raise _not_json(masked, exc) from None
 
 
-def _follow_redirects(session: requests.Session, visited: List[str], timeout: tuple) -> requests.Response:
+def _follow_redirects(session: requests.Session, visited: List[str], headers: Mapping[str, str],
+                      timeout: tuple) -> requests.Response:
     """The response at the end of visited[-1]'s redirects, its body unread; each hop is appended
-    to visited and logged masked. A redirect's body is never read: it could be any size."""
+    to visited and logged masked. A redirect's body is never read: it could be any size. headers
+    go to the hops on visited[0]'s scheme, host and port only."""
     logger = prefect.context.get("logger", log)
     while True:
-        response = session.get(visited[-1], timeout=timeout, stream=True)
+        response = session.get(visited[-1], headers=headers_for(visited[-1], visited[0], headers),
+                               timeout=timeout, stream=True)
         target = session.redirect_target(response)
         if target is None:
             return response

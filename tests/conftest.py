@@ -29,10 +29,23 @@ RECORDS = [
 RECORDS_JSON = json.dumps(RECORDS, indent=4, ensure_ascii=False).encode("utf-8")
 
 
-def ok(payload=TODOS):
-    """Answer 200 with payload as JSON (bytes go as they are)."""
+def ok(payload=TODOS, **headers):
+    """Answer 200 with payload as JSON (bytes go as they are), and these headers (ETag=..., Link=...;
+    Last_Modified for Last-Modified)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return lambda handler: handler.answer(200, body)
+    return lambda handler: handler.answer(200, body, headers)
+
+
+def cached(payload=TODOS, **headers):
+    """As ok, but answer 304 Not Modified, with the same headers, to a request whose If-None-Match
+    or If-Modified-Since is the ETag or Last-Modified given here."""
+    def act(handler):
+        asked = handler.headers.get("If-None-Match"), handler.headers.get("If-Modified-Since")
+        if any(value is not None and value in asked for value in (headers.get("ETag"), headers.get("Last_Modified"))):
+            handler.answer(304, b"", headers)
+        else:
+            ok(payload, **headers)(handler)
+    return act
 
 
 def status(code):
@@ -119,6 +132,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         script = self.server.scripts.get(self.path, [status(404)])
         count = self.server.hits[self.path]
         self.server.hits[self.path] += 1
+        self.server.asked.setdefault(self.path, []).append(dict(self.headers))
         script[min(count, len(script) - 1)](self)
 
     def do_POST(self):
@@ -132,10 +146,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (ConnectionResetError, BrokenPipeError):
             pass  # the client gave up on the answer: a timeout, a cut-off, a failed status
 
-    def answer(self, code, body):
+    def answer(self, code, body, headers=None):
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name.replace("_", "-"), value)
+        if code != 304:
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -149,7 +166,8 @@ class Source:
     def __init__(self):
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.server.scripts, self.server.hits, self.server.bodies = {}, Counter(), defaultdict(list)
+        self.server.scripts, self.server.hits = {}, Counter()
+        self.server.bodies, self.server.asked = defaultdict(list), {}
         self.server.stopping = threading.Event()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -166,6 +184,10 @@ class Source:
     def bodies(self, path):
         """The JSON bodies POSTed to path, in order."""
         return list(self.server.bodies[path])
+
+    def asked(self, path):
+        """The headers of each request for path, in order."""
+        return self.server.asked.get(path, [])
 
     def close(self):
         self.server.stopping.set()

@@ -1,10 +1,12 @@
 """etl.sink: the output's atomic replace and the history's whole lines, on the real file system."""
+import hashlib
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 from conftest import RECORDS, RECORDS_JSON, ROOT, SCRIPT, ok
@@ -148,3 +150,29 @@ def test_write_json_on_a_read_only_file_system_says_so_in_one_line(tmp_path):
          sys.executable, "-c", code, tmp_path / "datos.json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (result.stdout, result.stderr) == (f"cannot write {tmp_path / 'datos.json'}: Read-only file system\n", "")
     assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON
+
+
+def test_write_json_leaves_a_file_that_holds_the_same_bytes_alone(tmp_path):
+    path = tmp_path / "datos.json"
+    assert write_json(RECORDS, str(path)) == (True, hashlib.sha256(RECORDS_JSON).hexdigest())
+    before = path.stat()
+    assert write_json(list(RECORDS), str(path)) == (False, hashlib.sha256(RECORDS_JSON).hexdigest())
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    for other in (RECORDS[:2], RECORDS + RECORDS[:1]):  # a prefix of the file, and the file and more
+        assert write_json(other, str(path))[0] is True
+        assert json.loads(path.read_text(encoding="utf-8")) == other
+
+
+def test_write_json_compares_a_chunk_at_a_time(tmp_path):
+    """Comparing a 13 MB output holds about one chunk of it in memory, not a second copy."""
+    path = tmp_path / "datos.json"
+    records = [dict(RECORDS[i % 3], ID=i) for i in range(100_000)]
+    write_json(records, str(path))
+    assert path.stat().st_size > 10_000_000
+    tracemalloc.start()
+    try:
+        assert write_json(records, str(path))[0] is False
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000

@@ -1,6 +1,6 @@
 """etl.source: one GET under limits against a real loopback server, and URL masking."""
 import pytest
-from conftest import TODOS, huge, ok, redirect, slow_headers, status
+from conftest import TODOS, cached, huge, ok, redirect, slow_headers, status
 
 from etl.errors import SourceError, UrlError
 from etl.source import check_url, fetch_json, mask_url
@@ -8,9 +8,18 @@ from etl.source import check_url, fetch_json, mask_url
 LIMITS = dict(timeout=5, deadline=30, max_bytes=2**20)
 
 
-def test_fetch_json_returns_the_document(source):
-    assert fetch_json(source.add("/todos", ok()), **LIMITS) == TODOS
+def test_fetch_json_returns_the_document_and_the_response(source):
+    payload, response = fetch_json(source.add("/todos", ok(ETag='"v1"')), **LIMITS)
+    assert payload == TODOS
+    assert (response.status_code, response.headers["ETag"]) == (200, '"v1"')
     assert source.hits("/todos") == 1
+
+
+def test_fetch_json_sends_the_headers_and_returns_none_for_304(source):
+    url = source.add("/todos", cached(ETag='"v1"'))
+    payload, response = fetch_json(url, **LIMITS, headers={"If-None-Match": '"v1"', "X-Api-Key": "k"})
+    assert (payload, response.status_code) == (None, 304)
+    assert source.asked("/todos")[0]["X-Api-Key"] == "k"
 
 
 def test_fetch_json_names_the_http_error(source):
@@ -21,7 +30,7 @@ def test_fetch_json_names_the_http_error(source):
 
 def test_fetch_json_reads_a_utf8_bom(source):
     url = source.add("/todos", ok(b"\xef\xbb\xbf[]"))
-    assert fetch_json(url, **LIMITS) == []
+    assert fetch_json(url, **LIMITS)[0] == []
 
 
 @pytest.mark.parametrize("body, cause", [
@@ -45,7 +54,7 @@ def test_a_redirect_is_followed_without_reading_its_body(source):
     """Its gzip body inflates past max_bytes and never ends: reading it would fail."""
     source.add("/todos", ok())
     url = source.add("/old", redirect("/todos", inflates_to=8 * 2**20))
-    assert fetch_json(url, **LIMITS) == TODOS
+    assert fetch_json(url, **LIMITS)[0] == TODOS
     assert (source.hits("/old"), source.hits("/todos")) == (1, 1)
 
 
@@ -53,7 +62,7 @@ def test_a_redirect_is_followed_without_reading_its_body(source):
 def test_a_relative_or_absolute_location_is_followed(source, location):
     source.add("/api/todos", ok())
     url = source.add("/api/old", redirect(location.format(base=source.url(""))))
-    assert fetch_json(url, **LIMITS) == TODOS
+    assert fetch_json(url, **LIMITS)[0] == TODOS
 
 
 def chain(source, hops):
@@ -65,7 +74,7 @@ def chain(source, hops):
 
 
 def test_five_redirects_are_followed(source):
-    assert fetch_json(chain(source, 5), **LIMITS) == TODOS
+    assert fetch_json(chain(source, 5), **LIMITS)[0] == TODOS
 
 
 def test_a_sixth_redirect_fails(source):
