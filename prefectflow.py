@@ -178,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         max_pages=args.max_pages, headers=args.headers, conditional=args.conditional,
     )
     try:
-        with service.stopped_by_signals(abandon=lambda: sink.remove_unfinished(args.output)):
+        with service.stopped_by_signals(abandon=lambda: _remove_unfinished(args.output)):
             if args.visualize and not args.once:
                 return _draw(etl_flow, args.visualize)
             if args.demo:
@@ -201,9 +201,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 status = max(status, _draw(etl_flow, args.visualize, state))
             return status
     except service.Stopped as stop:
-        sink.remove_unfinished(args.output)  # what threads were writing since: they are interrupted
+        _remove_unfinished(args.output)  # what threads were writing since: they are interrupted
         print(f"{PROG}: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
+
+
+def _remove_unfinished(output: str) -> None:
+    """Remove the temporary files of the output's and its state file's writes that a stop cut short."""
+    for path in (output, state.state_path(output)):
+        sink.remove_unfinished(path)
 
 
 def _draw(etl_flow: Flow, path: str, state: Optional[prefect.engine.state.State] = None) -> int:

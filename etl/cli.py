@@ -200,7 +200,9 @@ def make_executor(args: argparse.Namespace) -> Executor:
             return DaskExecutor(address=args.dask_address)
         workers = args.workers or os.cpu_count() or 1
         return DaskExecutor(cluster_kwargs={
-            "n_workers": workers, "threads_per_worker": -(-sources // workers), "dashboard_address": None})
+            "n_workers": workers, "threads_per_worker": -(-sources // workers),
+            # On this machine only: the scheduler and its dashboard would listen on every interface.
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
     if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
         return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)
     return LocalExecutor()

@@ -143,6 +143,8 @@ def describe(executor):
         return kind, executor.scheduler, executor.dask_config["num_workers"]
     if kind == "DaskExecutor":
         kwargs = executor.cluster_kwargs or {}
+        if executor.address is None:
+            assert kwargs["host"] == "127.0.0.1"  # a local cluster listens on loopback only
         return kind, executor.address, kwargs.get("n_workers"), kwargs.get("threads_per_worker")
     return (kind,)
 
