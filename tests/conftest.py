@@ -202,6 +202,15 @@ def source():
     server.close()
 
 
+def can_unshare(*namespaces):
+    """Whether unshare can give a process these namespaces of its own (root, and not in a chroot
+    for --mount, whose private propagation needs / to be a mount point)."""
+    try:
+        return subprocess.run(["unshare", *namespaces, "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
 def cli(*args, cwd=None, env=None, timeout=120):
     """Run prefectflow.py in a subprocess; the finished process, output as text."""
     return subprocess.run(

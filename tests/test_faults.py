@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from conftest import (RECORDS_JSON, SCRIPT, TODOS, caught_writing, cli, hang, huge, ok, redirect, slow_headers,
-                      status, trickle)
+from conftest import (RECORDS_JSON, SCRIPT, TODOS, can_unshare, caught_writing, cli, hang, huge, ok, redirect,
+                      slow_headers, status, trickle)
 
 FAST = ["--once", "--retry-delay", "0.01"]
 
@@ -49,14 +49,7 @@ def test_connection_refused(good_output):
                        good_output)
 
 
-def _can_unshare_net():
-    try:
-        return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _can_unshare_net(), reason="needs unshare --net (root)")
+@pytest.mark.skipif(not can_unshare("--net"), reason="needs unshare --net (root)")
 def test_an_unknown_host(good_output):
     """In a network namespace of its own, with no network at all, a name lookup fails on the spot."""
     url = "http://no-such-host.invalid/todos"
@@ -205,7 +198,7 @@ def served(answer):
 
 
 def unknown_host(source):
-    if not _can_unshare_net():
+    if not can_unshare("--net"):
         pytest.skip("needs unshare --net (root)")
     return ["unshare", "--net"], "http://no-such-host.invalid/todos"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pendulum
 import pytest
-from conftest import RECORDS, RECORDS_JSON, ROOT, TODOS, cli, ok, status
+from conftest import RECORDS, RECORDS_JSON, ROOT, TODOS, can_unshare, cli, ok, status
 
 import prefectflow
 from etl.errors import SourceError
@@ -296,14 +296,7 @@ def test_on_a_cluster_a_relative_output_is_the_clients(source, tmp_path, dask_cl
     assert not (tmp_path / "workers" / "d.json").exists()
 
 
-def _can_unshare_mounts():
-    try:
-        return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs unshare --mount (root)")
+@pytest.mark.skipif(not can_unshare("--mount"), reason="needs unshare --mount (root, not in a chroot)")
 def test_on_a_cluster_an_output_this_machine_cannot_see_fails_naming_the_worker(source, tmp_path):
     """The worker gets a mount namespace of its own with an empty folder over the output's: it writes
     where the client cannot see, as a worker on another machine would."""

@@ -9,7 +9,7 @@ import sys
 import tracemalloc
 
 import pytest
-from conftest import RECORDS, RECORDS_JSON, ROOT, SCRIPT, ok
+from conftest import RECORDS, RECORDS_JSON, ROOT, SCRIPT, can_unshare, ok
 
 from etl.errors import SinkError
 from etl.sink import append_line, read_tail, write_json
@@ -139,7 +139,7 @@ def test_write_json_to_a_long_file_name_keeps_its_temporary_name_within_limits(t
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
+@pytest.mark.skipif(not can_unshare("--mount"), reason="needs unshare --mount (root, not in a chroot)")
 def test_write_json_on_a_read_only_file_system_says_so_in_one_line(tmp_path):
     (tmp_path / "datos.json").write_bytes(RECORDS_JSON)
     code = ("import sys; from etl.errors import SinkError; from etl.sink import write_json\n"
