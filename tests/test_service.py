@@ -163,9 +163,10 @@ def test_a_signal_does_not_wait_for_threads_blocked_on_sources(source, good_outp
 class FakeClock(Clock):
     """Time that passes only when the service sleeps, and a system clock a test can move."""
 
-    def __init__(self, start):
+    def __init__(self, start, jump_in_first_nap=0.0):
         super().__init__()
         self.mono, self.shift, self.start = 0.0, 0.0, start
+        self.jump_in_first_nap, self.naps = jump_in_first_nap, []
 
     def wall(self):
         return self.start.add(seconds=self.mono + self.shift)
@@ -174,6 +175,9 @@ class FakeClock(Clock):
         return self.mono
 
     def sleep(self, seconds):
+        if not self.naps:
+            self.shift += self.jump_in_first_nap
+        self.naps.append(seconds)
         self.mono += seconds
 
 
@@ -218,30 +222,16 @@ def test_a_clock_moved_forward_skips_the_slots_it_jumped_over_as_a_jump(source, 
 
 
 def test_a_clock_moved_back_while_waiting_waits_for_the_next_slot_not_yet_run(source, tmp_path, caplog):
-    clock = FakeClock(START)
-    naps = []
-    def sleep(seconds):
-        naps.append(seconds)
-        if len(naps) == 1:
-            clock.shift -= 600
-        FakeClock.sleep(clock, seconds)
-    clock.sleep = sleep
+    clock = FakeClock(START, jump_in_first_nap=-600)
     scheduled = serve_with(clock, source, tmp_path, 2, lambda: None)
     assert scheduled == [START, START.add(minutes=2)]
     assert "The system clock jumped back by 600 s" in caplog.text
     assert clock.wall() >= START.add(minutes=2)
-    assert sum(naps) == pytest.approx(120 + 600, abs=0.5)  # the 2 minutes, and the 10 it went back
+    assert sum(clock.naps) == pytest.approx(120 + 600, abs=0.5)  # the 2 minutes, and the 10 it went back
 
 
 def test_a_clock_moved_forward_while_waiting_skips_the_slots_it_jumped_over_as_a_jump(source, tmp_path, caplog):
-    clock = FakeClock(START)
-    naps = []
-    def sleep(seconds):
-        naps.append(seconds)
-        if len(naps) == 1:
-            clock.shift += 3600
-        FakeClock.sleep(clock, seconds)
-    clock.sleep = sleep
+    clock = FakeClock(START, jump_in_first_nap=3600)
     scheduled = serve_with(clock, source, tmp_path, 3, lambda: None)
     assert scheduled == [START, START.add(minutes=2), START.add(minutes=62)]
     assert "The system clock jumped forward by 3600 s" in caplog.text
