@@ -20,10 +20,11 @@ from prefect.engine.signals import LOOP
 from prefect.schedules import IntervalSchedule
 
 from etl import cli, demo, diagram, lock, pages, service, sink, state
-from etl.errors import PROG, PayloadError, SourceError, error
+from etl.errors import PayloadError, SourceError, error, say
 from etl.headers import Headers
 from etl.records import BATCH, Record, Todo, concat_records, transform_records
 from etl.settings import DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
+from etl.source import mask_url
 from etl.state import Fetched, carry
 
 log = prefect.utilities.logging.get_logger("prefectflow")
@@ -64,10 +65,11 @@ def extract(url: Union[str, List[str]], timeout: float = TIMEOUT, deadline: floa
     options = pages.Options(timeout, deadline, max_bytes, paginate, max_pages, headers)
     runs = prefect.context.get("task_run_count")  # None outside a flow run
     progress = prefect.context.get("task_loop_result") or pages.start(urls, output, (runs or 1) - 1)
-    while progress.advance(options):
-        if runs:  # each page a LOOP: a retry goes on from the page that failed
-            raise LOOP(result=progress, message=f"{sum(len(w.pages) for w in progress.walks)} pages read")
-    fetched = [walk.fetched(allow_empty) for walk in progress.walks]
+    with prefect.context(url=mask_url(url) if isinstance(url, str) else None):  # in the log's JSON lines
+        while progress.advance(options):
+            if runs:  # each page a LOOP: a retry goes on from the page that failed
+                raise LOOP(result=progress, message=f"{sum(len(w.pages) for w in progress.walks)} pages read")
+        fetched = [walk.fetched(allow_empty) for walk in progress.walks]
     return fetched[0] if len(fetched) == 1 else Fetched.joined(fetched)
 
 
@@ -162,7 +164,7 @@ flow = build_flow()
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns the exit status."""
     args = cli.parse_args(argv)
-    cli.setup_logging(args.debug, args.quiet)
+    cli.setup_logging(args.debug, args.quiet, args.log_format)
     if args.history:
         try:
             open(args.history, "a").close()
@@ -193,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return service.EXIT_FAILED
     except service.Stopped as stop:
         _remove_unfinished(args.output)  # what threads were writing since: they are interrupted
-        print(f"{PROG}: stopped by {stop}", file=sys.stderr)
+        say(f"stopped by {stop}")
         return 128 + stop.signum
 
 
