@@ -220,10 +220,15 @@ def make_executor(args: argparse.Namespace) -> Executor:
         if args.dask_address:
             return DaskExecutor(address=args.dask_address)
         workers = args.workers or os.cpu_count() or 1
+        if args.log_format == "json":
+            # The workers write to our stdout and stderr: in our format (etl.logs.dask_setup), and
+            # Dask's own lines only from WARNING up, set when a worker imports it, before its preload.
+            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         return DaskExecutor(cluster_kwargs={
             "n_workers": workers, "threads_per_worker": -(-sources // workers),
             # On this machine only: the scheduler and its dashboard would listen on every interface.
-            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+            **({"preload": ["etl.logs"]} if args.log_format == "json" else {})})
     if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
         return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)
     return LocalExecutor()

@@ -73,6 +73,13 @@ def use(log_format: str, handlers: list) -> None:
         root.addHandler(fallback)
 
 
+def dask_setup(worker) -> None:
+    """Run by each worker of a local Dask cluster as it starts (a preload): its log lines share our
+    stdout, so they are JSON too."""
+    use("json", [h for h in prefect.utilities.logging.get_logger().handlers
+                 if isinstance(h, logging.StreamHandler)])
+
+
 def _unhandled(record: logging.LogRecord) -> bool:
     """Whether no handler below the root took the record (Prefect's, Dask's): the last resort's cases."""
     logger = logging.getLogger(record.name)

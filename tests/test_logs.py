@@ -101,3 +101,21 @@ def test_a_service_stopped_by_sigterm_logs_json_to_the_end(source, tmp_path):
     assert [entry["message"] for entry in objects(log.read_text())][-1].startswith("Waiting for next scheduled run at ")
     (stopped,) = objects((tmp_path / "service.err").read_text())
     assert (stopped["level"], stopped["logger"], stopped["message"]) == ("WARNING", "prefectflow.py", "stopped by SIGTERM")
+
+
+def test_each_scheduled_run_has_its_own_flow_run_id(source, tmp_path):
+    result = cli("--log-format", "json", "--interval", 1, "--runs", 2, "--url", source.add("/todos", ok()),
+                 "--output", tmp_path / "d.json")
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = objects(result.stdout)
+    gets = [entry for entry in lines if entry["message"].startswith("GET ")]
+    assert len(gets) == 2 and gets[0]["flow_run"] != gets[1]["flow_run"]
+
+
+def test_the_workers_of_a_local_dask_cluster_log_json_too(source, tmp_path):
+    url = source.add("/todos", status(503), ok())
+    result = cli("--once", "--log-format", "json", "--executor", "dask", "--workers", 1, "--retry-delay", 0.01,
+                 "--url", url, "--output", tmp_path / "d.json")
+    assert (result.returncode, result.stderr) == (0, "")
+    (get,) = [entry for entry in objects(result.stdout) if entry["message"].startswith("GET ")]
+    assert (get["task"], get["attempt"], get["url"]) == ("extract", 2, url)
