@@ -3,7 +3,7 @@ argparse table; precedence command line > environment > file > defaults."""
 import json
 
 import pytest
-from conftest import RECORDS, RECORDS_JSON, TODOS, cli, last_line, ok, status
+from conftest import RECORDS, RECORDS_JSON, ROOT, TODOS, cli, last_line, ok, status
 
 from etl import config, logs
 from etl.cli import _parser, parse_args
@@ -198,3 +198,13 @@ def test_a_run_from_a_config_file_and_the_environment(source, tmp_path, toml):
     assert (again.returncode, again.stderr) == (0, "")
     assert json.loads((tmp_path / "b.json").read_text(encoding="utf-8")) == RECORDS[2:]
     assert (source.hits("/a"), source.hits("/b")) == (2, 2)  # the command line's --url replaced the file's list
+
+
+def test_the_systemd_unit_reads_the_shipped_config_file():
+    unit = (ROOT / "deploy" / "prefectflow.service").read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    *_, option, path = exec_start.split()
+    assert (option, path) == ("--config", "/etc/prefectflow.toml")
+    args = parse_args(["--config", str(ROOT / "deploy" / "prefectflow.toml")], {})
+    assert (args.output, args.history, args.listen, args.log_format) == (
+        "data/datos.json", "data/runs.jsonl", ("127.0.0.1", 9100), "text")
