@@ -81,10 +81,11 @@ def dask_setup(worker) -> None:
 
 
 def _unhandled(record: logging.LogRecord) -> bool:
-    """Whether no handler below the root took the record (Prefect's, Dask's): the last resort's cases."""
+    """Whether no handler below the root took the record (Prefect's, Dask's): the last resort's
+    cases, and Python's warnings (whose logger gets a handler that drops them)."""
     logger = logging.getLogger(record.name)
     while logger is not None and logger is not logging.root:
-        if logger.handlers:
+        if logger.handlers and logger.name != "py.warnings":
             return False
         logger = logger.parent if logger.propagate else None
     return True
