@@ -45,8 +45,12 @@ class _Stderr(logging.StreamHandler):
 
 def use_for_errors(json_lines: bool) -> None:
     """The one-line errors of etl.errors as JSON objects, or as text; and an uncaught exception."""
+    global _excepthook
     errors.line_format(error_line if json_lines else None)
-    sys.excepthook = _uncaught if json_lines else sys.__excepthook__
+    if json_lines and sys.excepthook is not _uncaught:
+        _excepthook, sys.excepthook = sys.excepthook, _uncaught
+    elif not json_lines and sys.excepthook is _uncaught:
+        sys.excepthook = _excepthook
 
 
 def use(log_format: str, handlers: list) -> None:
@@ -84,10 +88,10 @@ def _unhandled(record: logging.LogRecord) -> bool:
     """Whether no handler below the root took the record (Prefect's, Dask's): the last resort's
     cases, and Python's warnings (whose logger gets a handler that drops them)."""
     logger = logging.getLogger(record.name)
-    while logger is not None and logger is not logging.root:
+    while logger is not logging.root:  # it came up here, so every logger on the way propagates
         if logger.handlers and logger.name != "py.warnings":
             return False
-        logger = logger.parent if logger.propagate else None
+        logger = logger.parent
     return True
 
 
@@ -112,3 +116,4 @@ def _text_formatter() -> Optional[logging.Formatter]:
 
 _RUN_FIELDS = _RunFields()
 _TEXT = _text_formatter()
+_excepthook = sys.excepthook  # the one before JSON lines took over

@@ -121,16 +121,20 @@ def test_the_workers_of_a_local_dask_cluster_log_json_too(source, tmp_path):
     assert (get["task"], get["attempt"], get["url"]) == ("extract", 2, url)
 
 
-def test_python_warnings_and_other_loggers_are_json_objects_on_stderr():
+def test_python_warnings_other_loggers_and_an_uncaught_exception_are_json_objects_on_stderr():
     code = ("from etl import cli\n"
             "cli.setup_logging(False, False, 'json')\n"
             "import logging, warnings\n"
             "warnings.warn('a warning')\n"
             "logging.getLogger('some.library').warning('a library speaks')\n"
-            "logging.getLogger('some.library').info('not shown, as in text')\n")
+            "logging.getLogger('some.library').info('not shown, as in text')\n"
+            "raise RuntimeError('a bug')\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=SCRIPT.parent, capture_output=True, text=True,
                             timeout=60)
-    assert (result.returncode, result.stdout) == (0, "")
-    assert [(e["level"], e["logger"], e["message"]) for e in objects(result.stderr)] == [
+    assert (result.returncode, result.stdout) == (1, "")
+    lines = objects(result.stderr)
+    assert [(e["level"], e["logger"], e["message"]) for e in lines] == [
         ("WARNING", "py.warnings", "<string>:4: UserWarning: a warning\n"),
-        ("WARNING", "some.library", "a library speaks")]
+        ("WARNING", "some.library", "a library speaks"),
+        ("CRITICAL", "prefectflow.py", "unexpected error: RuntimeError: a bug")]
+    assert lines[-1]["traceback"].endswith("RuntimeError: a bug")
