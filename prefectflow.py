@@ -6,6 +6,7 @@ machinery these tasks call lives in the etl package beside this file (docs/ARCHI
 """
 from __future__ import annotations  # keeps the TypedDicts out of what Dask pickles
 
+import argparse
 import datetime
 import os
 import socket
@@ -18,11 +19,12 @@ from prefect import Flow, Parameter, task, unmapped
 from prefect.engine.signals import LOOP
 from prefect.schedules import IntervalSchedule
 
-from etl import cli, demo, diagram, pages, service, sink, state
-from etl.errors import PROG, PayloadError, SourceError, error
+from etl import cli, demo, diagram, lock, pages, service, sink, state
+from etl.errors import PayloadError, SourceError, error, say
 from etl.headers import Headers
 from etl.records import BATCH, Record, Todo, concat_records, transform_records
 from etl.settings import DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
+from etl.source import mask_url
 from etl.state import Fetched, carry
 
 log = prefect.utilities.logging.get_logger("prefectflow")
@@ -63,10 +65,11 @@ def extract(url: Union[str, List[str]], timeout: float = TIMEOUT, deadline: floa
     options = pages.Options(timeout, deadline, max_bytes, paginate, max_pages, headers)
     runs = prefect.context.get("task_run_count")  # None outside a flow run
     progress = prefect.context.get("task_loop_result") or pages.start(urls, output, (runs or 1) - 1)
-    while progress.advance(options):
-        if runs:  # each page a LOOP: a retry goes on from the page that failed
-            raise LOOP(result=progress, message=f"{sum(len(w.pages) for w in progress.walks)} pages read")
-    fetched = [walk.fetched(allow_empty) for walk in progress.walks]
+    with prefect.context(url=mask_url(url) if isinstance(url, str) else None):  # in the log's JSON lines
+        while progress.advance(options):
+            if runs:  # each page a LOOP: a retry goes on from the page that failed
+                raise LOOP(result=progress, message=f"{sum(len(w.pages) for w in progress.walks)} pages read")
+        fetched = [walk.fetched(allow_empty) for walk in progress.walks]
     return fetched[0] if len(fetched) == 1 else Fetched.joined(fetched)
 
 
@@ -161,7 +164,7 @@ flow = build_flow()
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns the exit status."""
     args = cli.parse_args(argv)
-    cli.setup_logging(args.debug, args.quiet)
+    cli.setup_logging(args.debug, args.quiet, args.log_format)
     if args.history:
         try:
             open(args.history, "a").close()
@@ -181,29 +184,42 @@ def main(argv: Optional[List[str]] = None) -> int:
         with service.stopped_by_signals(abandon=lambda: _remove_unfinished(args.output)):
             if args.visualize and not args.once:
                 return _draw(etl_flow, args.visualize)
-            if args.demo:
-                args.urls = [demo.demo_url(demo.start_demo_server())]
-            if not args.once:
-                try:
-                    watch = cli.make_watch(args, etl_flow)
-                except OSError as exc:
-                    error(f"cannot listen on --listen {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}")
-                    return service.EXIT_FAILED
-                status = service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args), watch)
-                watch.close()
-                return status
-            summary, state = service.run_once(etl_flow, args.urls, cli.make_executor(args))
-            service.append_history(args.history, summary)
-            status = service.EXIT_OK if "error" not in summary else service.EXIT_FAILED
-            if "error" in summary:
-                error(summary["error"])
-            if args.visualize:
-                status = max(status, _draw(etl_flow, args.visualize, state))
-            return status
+            # Before anything is fetched: one process per output.
+            with lock.held(lock.lock_path(args.output), args.output):
+                return _run(args, etl_flow)
+    except lock.Busy as busy:
+        error(str(busy))
+        return lock.EX_TEMPFAIL
+    except lock.LockError as failed:
+        error(str(failed))
+        return service.EXIT_FAILED
     except service.Stopped as stop:
         _remove_unfinished(args.output)  # what threads were writing since: they are interrupted
-        print(f"{PROG}: stopped by {stop}", file=sys.stderr)
+        say(f"stopped by {stop}")
         return 128 + stop.signum
+
+
+def _run(args: argparse.Namespace, etl_flow: Flow) -> int:
+    """Run the flow as the options say: once, or on its schedule; the exit status."""
+    if args.demo:
+        args.urls = [demo.demo_url(demo.start_demo_server())]
+    if not args.once:
+        try:
+            watch = cli.make_watch(args, etl_flow)
+        except OSError as exc:
+            error(f"cannot listen on --listen {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}")
+            return service.EXIT_FAILED
+        status = service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args), watch)
+        watch.close()
+        return status
+    summary, state = service.run_once(etl_flow, args.urls, cli.make_executor(args))
+    service.append_history(args.history, summary)
+    status = service.EXIT_OK if "error" not in summary else service.EXIT_FAILED
+    if "error" in summary:
+        error(summary["error"])
+    if args.visualize:
+        status = max(status, _draw(etl_flow, args.visualize, state))
+    return status
 
 
 def _remove_unfinished(output: str) -> None:

@@ -5,7 +5,7 @@ import logging
 import math
 import os
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import cloudpickle
 import prefect
@@ -13,6 +13,7 @@ from prefect import Flow
 from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalExecutor
 
 import etl
+from etl import config, errors, logs
 from etl.diagram import FORMATS
 from etl.errors import PROG, Explained, SettingError, UrlError
 from etl.headers import Headers, parse_header, parse_header_env
@@ -61,8 +62,9 @@ def _url(text: str) -> str:
     return text
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def _parser() -> config.Parser:
+    """The one table of options: their names, types and defaults, whatever the source of a value."""
+    parser = config.Parser(
         prog=PROG,
         description="Fetch todos, rename their keys, write them to a JSON file; "
                     "every --interval seconds until stopped, or once.",
@@ -120,7 +122,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
              "with --once or --demo, draw it after the run, coloured by state")
     add("--debug", action="store_true", help="log everything, with tracebacks")
     add("-q", "--quiet", action="store_true", help="log errors only")
-    args = parser.parse_args(argv)
+    add("--log-format", choices=logs.FORMATS, default="text",
+        help="text, or json: every line on stdout and stderr one JSON object (default: %(default)s)")
+    add("--config", metavar="FILE",
+        help="read options from this TOML file, its keys the long options without their dashes; "
+             "PREFECTFLOW_<OPTION> environment variables win over it, and the command line over both")
+    return parser
+
+
+def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> argparse.Namespace:
+    """The options from the command line, the environment and --config, checked; exits 2 with one
+    line (as JSON with --log-format json) if they cannot be used."""
+    environ = os.environ if environ is None else environ
+    parser = _parser()
+    json_errors = _log_format(argv, environ) == "json"
+    logs.use_for_errors(json_errors)
+    parser.report = errors.error if json_errors else None
+    try:
+        args = config.gather(parser, argv, environ)
+    except config.Refused as exc:
+        parser.error(str(exc))
 
     def conflict(*names: str) -> None:
         parser.error(f"{' and '.join(names)} cannot be used together")
@@ -199,10 +220,15 @@ def make_executor(args: argparse.Namespace) -> Executor:
         if args.dask_address:
             return DaskExecutor(address=args.dask_address)
         workers = args.workers or os.cpu_count() or 1
+        if args.log_format == "json":
+            # The workers write to our stdout and stderr: in our format (etl.logs.dask_setup), and
+            # Dask's own lines only from WARNING up, set when a worker imports it, before its preload.
+            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         return DaskExecutor(cluster_kwargs={
             "n_workers": workers, "threads_per_worker": -(-sources // workers),
             # On this machine only: the scheduler and its dashboard would listen on every interface.
-            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+            **({"preload": ["etl.logs"]} if args.log_format == "json" else {})})
     if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
         return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)
     return LocalExecutor()
@@ -243,7 +269,26 @@ def _not_interrupted(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
-def setup_logging(debug: bool, quiet: bool) -> None:
+def _log_format(argv: Optional[List[str]], environ: Mapping[str, str]) -> str:
+    """--log-format as far as it can be told before the options are read, for their errors."""
+    early = config.Parser(add_help=False, allow_abbrev=False)
+    early.add_argument("--log-format")
+    early.add_argument("--config")
+    early.reading = True
+    try:
+        given, _ = early.parse_known_args(argv)
+    except config.Refused:
+        given = argparse.Namespace(log_format=None, config=None)
+    path = given.config or environ.get(config.env_name("config"))
+    if given.log_format is None and config.env_name("log-format") not in environ and path:
+        try:
+            given.log_format = config.read_file(path).get("log-format")
+        except config.Refused:
+            pass
+    return given.log_format or environ.get(config.env_name("log-format"), "text")
+
+
+def setup_logging(debug: bool, quiet: bool, log_format: str = "text") -> None:
     pool_log = logging.getLogger("concurrent.futures")
     pool_log.removeFilter(_not_interrupted)
     pool_log.addFilter(_not_interrupted)
@@ -253,3 +298,4 @@ def setup_logging(debug: bool, quiet: bool) -> None:
         handler.removeFilter(_one_line)
         if not debug:
             handler.addFilter(_one_line)
+    logs.use(log_format, [h for h in root.handlers if isinstance(h, logging.StreamHandler)])

@@ -153,8 +153,7 @@ def test_allow_empty_lets_an_empty_list_through(source, good_output):
 def test_an_output_under_a_file_fails_cleanly(source, good_output):
     target = good_output / "datos.json"
     result = cli(*FAST, "--url", source.add("/todos", ok()), "--output", target)
-    assert failed_with(result, f"load failed: cannot write {target}: {good_output} is a file, not a folder",
-                       good_output)
+    assert failed_with(result, f"cannot lock {target}: {good_output} is a file, not a folder", good_output)
 
 
 def test_a_full_disk_mid_write_leaves_no_temporary_file(source, good_output):
