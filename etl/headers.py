@@ -1,5 +1,6 @@
 """Request headers from the command line (--header, --header-env): parsed, read from the
-environment at each request, sent only to the host they were meant for, and never shown."""
+environment at each request, sent only to the origin of the --url they were given for, and masked
+in every message."""
 import os
 import re
 import urllib.parse
@@ -12,6 +13,7 @@ _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 5.
 _VALUE = re.compile(r"[\t\x20-\x7e]*")  # printable ASCII: no line break can end the header early
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PORTS = {"http": 80, "https": 443}
+MASKED_LENGTH = 4  # a header value, or a word of one, shorter than this is not masked in messages
 
 
 def parse_header(text: str) -> Tuple[str, str]:
@@ -69,8 +71,28 @@ class Headers:
 
 def headers_for(url: str, original_url: str, headers: Mapping[str, str]) -> Dict[str, str]:
     """The headers meant for original_url that may go to url: all of them on the same scheme,
-    host and port, none anywhere else (a redirect must not hand an API key to another host)."""
-    return dict(headers) if _origin(url) == _origin(original_url) else {}
+    host and port, none anywhere else (a redirect or a next page must not hand an API key to
+    another host, nor send it in clear text after an https:// URL)."""
+    return dict(headers) if same_origin(url, original_url) else {}
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Whether the two URLs have the same scheme, host and port."""
+    return _origin(url) == _origin(other)
+
+
+def mask_values(text: str, values: Iterable[str]) -> str:
+    """text with each header value in it, and each word of one (the TOKEN of "Bearer TOKEN"),
+    replaced by ***, as written or percent-encoded: wherever one stands on its own, not inside a
+    longer word, and if it has at least MASKED_LENGTH characters (a "2" is no secret, but masking
+    it would garble "HTTP 502")."""
+    secrets = set()
+    for value in values:
+        for secret in (value, *value.split()):
+            secrets |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret, safe="")}
+    for secret in sorted((s for s in secrets if len(s) >= MASKED_LENGTH), key=len, reverse=True):
+        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(secret)}(?![0-9A-Za-z])", "***", text)
+    return text
 
 
 def _origin(url: str) -> Tuple[str, Optional[str], Optional[int]]:

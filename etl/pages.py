@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import prefect
 
 from etl.errors import PayloadError, SourceError
-from etl.headers import Headers
+from etl.headers import Headers, mask_values, same_origin
 from etl.records import validate
 from etl.settings import MAX_PAGES, MAX_THREADS
 from etl.source import fetch_json, mask_url
@@ -79,13 +79,19 @@ class Walk:
         url = self.next_url
         known = self.known.get(url)
         headers = options.headers.resolve() if options.headers else {}
-        if known:
-            headers.update(known.conditions())
-        payload, response = fetch_json(url, options.timeout, options.deadline, options.max_bytes, headers)
+
+        def masked(link: str) -> str:  # a page's URL is the source's word: it can echo a header value
+            return mask_values(mask_url(link), headers.values())
+        if headers and not same_origin(url, self.source):
+            prefect.context.get("logger", log).info(
+                "GET %s: without --header and --header-env, another origin than --url %s",
+                masked(url), mask_url(self.source))
+        payload, response = fetch_json(url, options.timeout, options.deadline, options.max_bytes, headers,
+                                       origin=self.source, conditions=known.conditions() if known else None)
         link, etag, modified = (response.headers.get(h) for h in ("Link", "ETag", "Last-Modified"))
         if response.status_code == 304:
             if known is None:
-                raise SourceError(f"{mask_url(url)} answered HTTP 304 Not Modified to a request that was "
+                raise SourceError(f"{masked(url)} answered HTTP 304 Not Modified to a request that was "
                                   "not conditional")
             # A 304 need not repeat the Link header: without one, the next page is the one it had.
             page = dataclasses.replace(
@@ -96,12 +102,12 @@ class Walk:
             try:
                 todos = validate(payload, allow_empty=True)
             except PayloadError as exc:
-                raise PayloadError(f"{mask_url(url)}: {exc}") from None
+                raise PayloadError(f"{masked(url)}: {exc}") from None
             page = Page(self.source, url, etag, modified, next_link(link, response.url), len(todos))
         following = page.next if options.paginate else None
         if following in {p.url for p in self.pages} | {url}:
-            raise PayloadError(f"{mask_url(self.source)}: page {mask_url(url)} links back to "
-                               f"{mask_url(following)}: the pages go round in a loop")
+            raise PayloadError(f"{mask_url(self.source)}: page {masked(url)} links back to "
+                               f"{masked(following)}: the pages go round in a loop")
         if following and len(self.pages) + 1 >= options.max_pages:
             raise PayloadError(f"{mask_url(self.source)} has more than --max-pages {options.max_pages} pages")
         self.pages.append(page)

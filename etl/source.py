@@ -7,14 +7,14 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import List, Mapping, Optional, Set, Tuple
+from typing import Iterable, List, Mapping, Optional, Set, Tuple
 
 import prefect
 import requests
 import urllib3
 
 from etl.errors import SourceError, UrlError
-from etl.headers import headers_for
+from etl.headers import headers_for, mask_values
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -42,12 +42,13 @@ def _mask_params(params: str) -> str:
     return _SECRET_PARAM.sub(r"\g<name>***", params)
 
 
-def mask_text(text: str, *urls: str) -> str:
+def mask_text(text: str, *urls: str, values: Iterable[str] = ()) -> str:
     """text (a message from requests, urllib3 or a server) with every secret of these urls in it
-    replaced by ***, as written in the url, decoded, or re-encoded the way requests sends it."""
+    replaced by ***, as written in the url, decoded, or re-encoded the way requests sends it; and
+    the header values given (which a source can echo back) as headers.mask_values does."""
     for secret in sorted(_secrets(urls), key=len, reverse=True):
         text = text.replace(secret, "***")
-    return text
+    return mask_values(text, values)
 
 
 def _secrets(urls: Tuple[str, ...]) -> Set[str]:
@@ -83,17 +84,21 @@ def check_url(url: str) -> None:
 
 
 def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int,
-               headers: Optional[Mapping[str, str]] = None) -> Tuple[object, requests.Response]:
+               headers: Optional[Mapping[str, str]] = None, origin: Optional[str] = None,
+               conditions: Optional[Mapping[str, str]] = None) -> Tuple[object, requests.Response]:
     """The JSON document at url (None if it answered 304 Not Modified) and the response, for its
     status and headers. SourceError (worth retrying) or UrlError (not) names the masked url and the
-    cause. headers go with the request, and after a redirect only to the same host."""
-    masked = mask_url(url)
+    cause. headers (the --header values) go only to the hops on origin's scheme, host and port
+    (url's if not given), and are masked wherever a message could quote them; conditions (the
+    page's validators) go to the hops on url's."""
+    sent = _Sent(url, origin or url, headers or {}, conditions or {})
+    masked = sent.mask_url(url)
     logger = prefect.context.get("logger", log)
     attempt = prefect.context.get("task_run_count", 1)
     started = time.monotonic()
     try:
         check_url(url)
-        text, response, size = _get_text(url, masked, timeout, deadline, max_bytes, headers or {})
+        text, response, size = _get_text(sent, masked, timeout, deadline, max_bytes)
         payload = None if response.status_code == 304 else _parse_json(text, masked)
     except (SourceError, UrlError) as exc:
         logger.warning("Attempt %d failed after %.3f s: %s", attempt, time.monotonic() - started, exc)
@@ -104,20 +109,39 @@ def fetch_json(url: str, timeout: float, deadline: float, max_bytes: int,
     return payload, response
 
 
-def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes: int,
-              headers: Mapping[str, str]) -> tuple:
+class _Sent:
+    """What one fetch sends, and to whom: the hops it visited (their secrets are masked in
+    messages), the --header values and the origin they may go to, the page's validators."""
+
+    def __init__(self, url: str, origin: str, headers: Mapping[str, str], conditions: Mapping[str, str]):
+        self.visited = [url]
+        self.origin, self.headers, self.conditions = origin, headers, conditions
+
+    def headers_for(self, hop: str) -> dict:
+        """The headers that may go to hop."""
+        return {**headers_for(hop, self.origin, self.headers), **headers_for(hop, self.visited[0], self.conditions)}
+
+    def mask(self, text: str) -> str:
+        """text with the secrets of every hop and the header values masked."""
+        return mask_text(text, *self.visited, values=self.headers.values())
+
+    def mask_url(self, url: str) -> str:
+        """url masked, and the header values in it (a source can echo them in a Location or a Link)."""
+        return mask_values(mask_url(url), self.headers.values())
+
+
+def _get_text(sent: _Sent, masked: str, timeout: float, deadline: float, max_bytes: int) -> tuple:
     """The body as text, the response and the body's size. It arrives in one growing buffer, which
     is gone before the text is parsed."""
     body = bytearray()
-    visited = [url]  # every hop, to mask their secrets in messages from requests and urllib3
     watchdog = _Watchdog(deadline)
     try:
         with watchdog, _Session(watchdog) as session:
             # Connecting is bounded by the deadline too: the watchdog only sees connected sockets.
-            response = _follow_redirects(session, visited, headers, (min(timeout, deadline), timeout))
+            response = _follow_redirects(session, sent, (min(timeout, deadline), timeout))
             with response:
                 if response.status_code >= 300 and response.status_code != 304:
-                    reason = mask_text(response.reason or "", *visited)  # the server's words
+                    reason = sent.mask(response.reason or "")  # the server's words
                     raise SourceError(f"{masked} answered HTTP {response.status_code} {reason}")
                 # read1 returns whatever has arrived, so the watchdog's shutdown ends the loop.
                 while chunk := response.raw.read1(1 << 20, decode_content=True):
@@ -131,38 +155,37 @@ def _get_text(url: str, masked: str, timeout: float, deadline: float, max_bytes:
             raise watchdog.error(masked) from None
         if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
             raise SourceError(f"{masked} did not answer within --timeout {timeout:g} s") from None
-        raise SourceError(f"{masked} could not be read: {mask_text(root_cause(exc), *visited)}") from None
+        raise SourceError(f"{masked} could not be read: {sent.mask(root_cause(exc))}") from None
     try:
         return body.decode("utf-8-sig"), response, len(body)
     except UnicodeDecodeError as exc:
         raise _not_json(masked, exc) from None
 
 
-def _follow_redirects(session: requests.Session, visited: List[str], headers: Mapping[str, str],
-                      timeout: tuple) -> requests.Response:
-    """The response at the end of visited[-1]'s redirects, its body unread; each hop is appended
-    to visited and logged masked. A redirect's body is never read: it could be any size. headers
-    go to the hops on visited[0]'s scheme, host and port only."""
+def _follow_redirects(session: requests.Session, sent: _Sent, timeout: tuple) -> requests.Response:
+    """The response at the end of sent.visited[-1]'s redirects, its body unread; each hop is
+    appended to sent.visited and logged masked. A redirect's body is never read: it could be any
+    size."""
     logger = prefect.context.get("logger", log)
+    visited = sent.visited
     while True:
-        response = session.get(visited[-1], headers=headers_for(visited[-1], visited[0], headers),
-                               timeout=timeout, stream=True)
+        response = session.get(visited[-1], headers=sent.headers_for(visited[-1]), timeout=timeout, stream=True)
         target = session.redirect_target(response)
         if target is None:
             return response
         response.close()
-        current = mask_url(visited[-1])
+        current = sent.mask_url(visited[-1])
         # A relative Location keeps the scheme, host and credentials; another host gets none.
         visited.append(urllib.parse.urljoin(visited[-1], target))
-        following = mask_url(visited[-1])
+        following = sent.mask_url(visited[-1])
         if len(visited) > MAX_REDIRECTS + 1:
-            raise SourceError(f"{mask_url(visited[0])} redirected more than {MAX_REDIRECTS} times "
+            raise SourceError(f"{sent.mask_url(visited[0])} redirected more than {MAX_REDIRECTS} times "
                               f"(the last time to {following}); give --url the final address")
         logger.info("GET %s: HTTP %d, redirected to %s", current, response.status_code, following)
         try:
             check_url(visited[-1])
         except UrlError as exc:
-            raise SourceError(f"{current} redirected to {exc}") from None
+            raise SourceError(f"{current} redirected to {sent.mask(str(exc))}") from None
 
 
 def _parse_json(text: str, masked: str) -> object:

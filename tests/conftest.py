@@ -163,8 +163,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Source:
     """Serves scripted answers per path: the n-th request gets the n-th action, the last repeats."""
 
-    def __init__(self):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def __init__(self, host="127.0.0.1"):
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.server.scripts, self.server.hits = {}, Counter()
         self.server.bodies, self.server.asked = defaultdict(list), {}
@@ -176,7 +176,7 @@ class Source:
         return self.url(path)
 
     def url(self, path):
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return "http://%s:%d%s" % (*self.server.server_address, path)
 
     def hits(self, path):
         return self.server.hits[path]
@@ -198,6 +198,14 @@ class Source:
 @pytest.fixture
 def source():
     server = Source()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def other_source():
+    """A second source on another loopback address, 127.0.0.2: another origin than source's."""
+    server = Source("127.0.0.2")
     yield server
     server.close()
 
@@ -264,13 +272,13 @@ class Service:
     """prefectflow.py running on its schedule with --listen 127.0.0.1:0 and --history, in a
     subprocess; its log goes to a file, where it says which port it took."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, env=None):
         self.log, self.history = tmp_path / "service.log", tmp_path / "runs.jsonl"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(SCRIPT), "--listen", "127.0.0.1:0", "--history", str(self.history),
                  "--output", str(tmp_path / "datos.json"), *map(str, args)],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.url = wait_for(self._served_at, "'Serving on' line in the log")
 
     def _served_at(self):
@@ -293,8 +301,8 @@ def service(tmp_path):
     """Starts the service with the given options; stops it after the test."""
     started = []
 
-    def start(*args):
-        started.append(Service(tmp_path, *args))
+    def start(*args, env=None):
+        started.append(Service(tmp_path, *args, env=env))
         return started[-1]
     yield start
     for running in started:

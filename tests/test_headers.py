@@ -1,12 +1,13 @@
 """etl.headers: --header and --header-env, read at each request, kept from other hosts after a
 redirect, never shown; against real loopback servers and the command line."""
 import json
+import urllib.request
 
 import pytest
-from conftest import RECORDS_JSON, cli, ok, redirect, status
+from conftest import RECORDS_JSON, TODOS, cli, ok, redirect, status, wait_for
 
 from etl.errors import SettingError
-from etl.headers import Headers, headers_for, parse_header, parse_header_env
+from etl.headers import Headers, headers_for, mask_values, parse_header, parse_header_env
 from etl.source import fetch_json
 
 LIMITS = dict(timeout=5, deadline=30, max_bytes=2**20)
@@ -106,3 +107,73 @@ def test_bad_headers_are_a_usage_error(args, message):
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"prefectflow.py: error: {message}"
     assert SECRET not in result.stderr
+
+
+def test_headers_stay_with_the_origin_of_url_across_pages_and_redirects(source, other_source, tmp_path):
+    """Page 2 is on 127.0.0.2 and redirects there: it is fetched without the headers; page 3 is back
+    on the --url's origin and gets them again."""
+    out = tmp_path / "datos.json"
+    url = source.add("/t?page=1", ok(TODOS[:1], Link=f'<{other_source.url("/t?page=2")}>; rel="next"'))
+    other_source.add("/t?page=2", redirect("/p2"))
+    other_source.add("/p2", ok(TODOS[1:2], Link=f'<{source.url("/t?page=3")}>; rel="next"'))
+    source.add("/t?page=3", ok(TODOS[2:]))
+    result = cli("--once", "--paginate", "--url", url, "--output", out, "--header", f"X-Api-Key: {SECRET}",
+                 "--header-env", "Authorization=PF_TOKEN", env={"PF_TOKEN": f"Bearer {SECRET}"})
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == RECORDS_JSON
+    for path in ("/t?page=1", "/t?page=3"):
+        (asked,) = source.asked(path)
+        assert (asked["X-Api-Key"], asked["Authorization"]) == (SECRET, f"Bearer {SECRET}")
+    far = other_source.asked("/t?page=2") + other_source.asked("/p2")
+    assert len(far) == 2 and SECRET not in json.dumps(far)
+    assert f"GET {other_source.url('/t?page=2')}: without --header and --header-env, another origin than " \
+           f"--url {url}" in result.stdout
+
+
+def echo(code, reason, location=None):
+    """Answer code with this reason phrase (and Location), as a source that echoes credentials does."""
+    def act(handler):
+        handler.send_response(code, reason)
+        if location:
+            handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return act
+
+
+def test_header_values_a_source_echoes_show_nowhere(service, source, tmp_path):
+    """Reason phrases and redirects that echo the values whole, their token alone or percent-encoded:
+    not in the log, --history, /healthz, the status page, /metrics or the notices."""
+    key = "k3y-Value-99"
+    url = source.add("/todos", echo(401, f"Bad credentials: Bearer {SECRET}"),
+                     echo(403, f"token {SECRET} and {key} refused"),
+                     echo(302, "Found", f"/login?next=Bearer%20{SECRET}&k={key}"))
+    source.add(f"/login?next=Bearer%20{SECRET}&k={key}", status(503))
+    hook = source.add("/hook", ok({}))
+    watched = service("--url", url, "--interval", 1, "--retries", 0, "--notify", hook,
+                      "--header", f"X-Api-Key: {key}", "--header-env", "Authorization=PF_TOKEN",
+                      env={"PF_TOKEN": f"Bearer {SECRET}"})
+    runs = watched.runs(3)
+    assert [run["error"] for run in runs[:3]] == [
+        f"extract failed: {url} answered HTTP 401 Bad credentials: ***",
+        f"extract failed: {url} answered HTTP 403 token *** and *** refused",
+        f"extract failed: {url} answered HTTP 503 Service Unavailable"]
+    pages = [urllib.request.urlopen(watched.url + path, timeout=30) for path in ("/healthz", "/", "/metrics")]
+    wait_for(lambda: source.bodies("/hook"), "notice")
+    watched.stop()
+    assert f"redirected to {source.url('/login?next=***&k=***')}" in watched.log.read_text()
+    shown = [watched.log.read_text(), watched.history.read_text(), json.dumps(source.bodies("/hook")),
+             *(page.read().decode() for page in pages)]
+    assert not any(SECRET in text or key in text for text in shown)
+
+
+@pytest.mark.parametrize("text, masked", [
+    (f"Bad credentials: Bearer {SECRET}", "Bad credentials: ***"),
+    (f"token {SECRET}.", "token ***."),
+    (f"/login?next=Bearer%20{SECRET}", "/login?next=***"),
+    (f"/login?next=Bearer+{SECRET}", "/login?next=***"),
+    (f"x{SECRET}y and Bearer", "x" + SECRET + "y and ***"),  # only on its own; "Bearer" is a word of the value
+    ("HTTP 502 after 2 attempts, page=2", "HTTP 502 after 2 attempts, page=2"),  # "2" is too short to mask
+])
+def test_mask_values_masks_values_and_their_words_on_their_own(text, masked):
+    assert mask_values(text, [f"Bearer {SECRET}", "2"]) == masked
