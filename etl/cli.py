@@ -18,28 +18,36 @@ from etl.diagram import FORMATS
 from etl.errors import PROG, Explained, SettingError, UrlError
 from etl.headers import Headers, parse_header, parse_header_env
 from etl.service import Watch, Watches
-from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_THREADS, OUTPUT, RETRIES,
-                          RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT)
+from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_SECONDS, MAX_THREADS, OUTPUT,
+                          RETRIES, RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT)
 from etl.source import check_url
 
 
-def _at_least(kind: type, low: float) -> Callable[[str], float]:
-    """An argparse type: a finite number of that kind, at least low."""
-    return _number(kind, lambda value: value >= low, f"must be at least {low}")
+def _at_least(kind: type, low: float, high: Optional[float] = None) -> Callable[[str], float]:
+    """An argparse type: a finite number of that kind, at least low (and at most high)."""
+    return _number(kind, lambda value: value >= low, f"must be at least {low}", high)
 
 
-def _greater_than(kind: type, low: float) -> Callable[[str], float]:
-    """An argparse type: a finite number of that kind, greater than low."""
-    return _number(kind, lambda value: value > low, f"must be greater than {low}")
+def _greater_than(kind: type, low: float, high: Optional[float] = None) -> Callable[[str], float]:
+    """An argparse type: a finite number of that kind, greater than low (and at most high)."""
+    return _number(kind, lambda value: value > low, f"must be greater than {low}", high)
 
 
-def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+def _seconds(low: float, strictly: bool = False) -> Callable[[str], float]:
+    """An argparse type: a duration in seconds, from low to MAX_SECONDS: longer ones overflow
+    the clocks and timers they are given to."""
+    return (_greater_than if strictly else _at_least)(float, low, MAX_SECONDS)
+
+
+def _number(kind: type, ok: Callable[[float], bool], rule: str, high: Optional[float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = kind(text)
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number: {text}")
         if not ok(value):
             raise argparse.ArgumentTypeError(f"{rule}: {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:.15g}: {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names it in "invalid float value"
     return parse
@@ -77,7 +85,7 @@ def _parser() -> config.Parser:
     add("--once", action="store_true", help="run once now instead of on the schedule")
     add("--demo", action="store_true",
         help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
-    add("--interval", type=_at_least(float, 1), metavar="SECONDS",
+    add("--interval", type=_seconds(1), metavar="SECONDS",
         help=f"time between scheduled runs, at least 1 (default: {INTERVAL:g})")
     add("--runs", type=_greater_than(int, 0), metavar="N",
         help="stop after N scheduled runs (default: never)")
@@ -85,18 +93,18 @@ def _parser() -> config.Parser:
     add("--listen", type=_address, metavar="HOST:PORT",
         help="serve /healthz, /metrics and a status page at / on this address; port 0 takes a free "
              "port and logs it (default: none)")
-    add("--stale-after", type=_greater_than(float, 0), metavar="SECONDS",
+    add("--stale-after", type=_seconds(0, strictly=True), metavar="SECONDS",
         help=f"/healthz answers 503 once no run has succeeded for this long "
              f"(default: {STALE_AFTER_INTERVALS} x --interval)")
-    add("--notify", action="append", metavar="URL",
+    add("--notify", action="append", type=_url, metavar="URL",
         help="POST a JSON message to URL when runs start failing and when they recover; repeatable")
     add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
         help="retries of a failed fetch, per source (default: %(default)s)")
-    add("--retry-delay", type=_at_least(float, 0), metavar="SECONDS",
+    add("--retry-delay", type=_seconds(0), metavar="SECONDS",
         help=f"wait between retries (default: {RETRY_DELAY:g}; 1 with --demo)")
-    add("--timeout", type=_greater_than(float, 0), default=TIMEOUT, metavar="SECONDS",
+    add("--timeout", type=_seconds(0, strictly=True), default=TIMEOUT, metavar="SECONDS",
         help="limit to connect, and between two reads of the body (default: %(default)g)")
-    add("--deadline", type=_greater_than(float, 0), default=DEADLINE, metavar="SECONDS",
+    add("--deadline", type=_seconds(0, strictly=True), default=DEADLINE, metavar="SECONDS",
         help="limit for a whole response (default: %(default)g)")
     add("--max-bytes", type=_greater_than(int, 0), default=MAX_BYTES, metavar="N",
         help="largest body accepted, in bytes (default: %(default)s, 100 MiB)")

@@ -12,5 +12,6 @@ TIMEOUT = 10.0  # seconds to connect, and at most between two reads of the body
 DEADLINE = 600.0  # seconds for a whole response: 100 MiB at 1.4 Mbit/s
 MAX_BYTES = 100 * 2**20
 MAX_PAGES = 1000  # pages read from one source with --paginate
+MAX_SECONDS = 366 * 24 * 3600  # longest duration an option takes: a year (1e300 s overflows timers and dates)
 MAX_THREADS = 32  # default cap on threads that fetch several sources at once
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "todos.json"

@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+import unicodedata
 import urllib.parse
 from typing import Iterable, List, Mapping, Optional, Set, Tuple
 
@@ -35,7 +36,7 @@ def mask_url(url: str) -> str:
     url = _USERINFO.sub(r"\g<start>***@", url, count=1)
     head, hash_, fragment = url.partition("#")
     head, question, query = head.partition("?")
-    return head + question + _mask_params(query) + hash_ + _mask_params(fragment)
+    return printable(head + question + _mask_params(query) + hash_ + _mask_params(fragment))
 
 
 def _mask_params(params: str) -> str:
@@ -48,7 +49,23 @@ def mask_text(text: str, *urls: str, values: Iterable[str] = ()) -> str:
     the header values given (which a source can echo back) as headers.mask_values does."""
     for secret in sorted(_secrets(urls), key=len, reverse=True):
         text = text.replace(secret, "***")
-    return mask_values(text, values)
+    return printable(mask_values(text, values))
+
+
+def printable(text: str) -> str:
+    """text as it can be shown on one line of a terminal or a log: control and format characters
+    (line breaks, ANSI escapes, bidirectional overrides) written as Python escapes, and a byte that
+    was not UTF-8 (a surrogate, as os.fsdecode leaves it) as \\xNN."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) if unicodedata.category(char)[0] in "CZ" and char != " " else char
+                   for char in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":
+        return f"\\x{ord(char) - 0xdc00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def _secrets(urls: Tuple[str, ...]) -> Set[str]:
@@ -69,6 +86,13 @@ def check_url(url: str) -> None:
     masked = mask_url(url)
     if not url:
         raise UrlError("an empty URL")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UrlError(f"{masked}: holds a byte that is not UTF-8; percent-encode it (%FF for \\xff)") from None
+    if not url.isprintable():
+        raise UrlError(f"{masked}: holds a line break, a control character or a space that is not a plain "
+                       "space; percent-encode it") from None
     if "://" not in url:
         raise UrlError(f"{masked}: no scheme; write https:// or http:// before the host")
     try:
@@ -170,11 +194,16 @@ def _follow_redirects(session: requests.Session, sent: _Sent, timeout: tuple) ->
     visited = sent.visited
     while True:
         response = session.get(visited[-1], headers=sent.headers_for(visited[-1]), timeout=timeout, stream=True)
-        target = session.redirect_target(response)
+        current = sent.mask_url(visited[-1])
+        try:
+            target = session.redirect_target(response)
+        except UnicodeDecodeError:  # requests reads a Location as UTF-8
+            response.close()
+            raise SourceError(f"{current} answered HTTP {response.status_code} with a Location that is not "
+                              "UTF-8") from None
         if target is None:
             return response
         response.close()
-        current = sent.mask_url(visited[-1])
         # A relative Location keeps the scheme, host and credentials; another host gets none.
         visited.append(urllib.parse.urljoin(visited[-1], target))
         following = sent.mask_url(visited[-1])
@@ -193,6 +222,8 @@ def _parse_json(text: str, masked: str) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise _not_json(masked, exc) from None
+    except RecursionError:
+        raise SourceError(f"{masked} sent a body that is not valid JSON (nested too deeply)") from None
 
 
 def _not_json(masked: str, exc: ValueError) -> SourceError:

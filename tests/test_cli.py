@@ -99,6 +99,36 @@ def test_a_url_that_can_never_be_fetched_is_bad_usage_and_its_secrets_show_nowhe
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--notify", "notaurl"], "argument --notify: notaurl: no scheme; write https:// or http:// before the host"),
+    (["--notify", "ftp://ann:pa55w0rd@example.org/hook?token=t0p"],
+     "argument --notify: ftp://***@example.org/hook?token=***: only http:// and https:// URLs can be fetched"),
+    (["--notify", "http://ann:pa55w0rd@exa mple.org/hook?token=t0p"],
+     "argument --notify: http://***@exa mple.org/hook?token=***: not a valid URL (Failed to parse: Host "
+     "'exa mple.org' contains invalid character ' ')"),
+    (["--url", "http://127.0.0.1:1/\udcff"],
+     "argument --url: http://127.0.0.1:1/\\xff: holds a byte that is not UTF-8; percent-encode it (%FF for \\xff)"),
+    (["--url", "http://127.0.0.1:1/todos?token=t0p\udcff"],
+     "argument --url: http://127.0.0.1:1/todos?token=***: holds a byte that is not UTF-8; percent-encode it "
+     "(%FF for \\xff)"),
+    (["--url", "http://127.0.0.1:1/a\r\nb\x1b[31m"],
+     "argument --url: http://127.0.0.1:1/a\\r\\nb\\x1b[31m: holds a line break, a control character or a space "
+     "that is not a plain space; percent-encode it"),
+    *[([option, "1e300", *more], f"argument {option}: must be at most 31622400: 1e300")
+      for option, more in [("--interval", ["--runs", "1"]), ("--retry-delay", []), ("--timeout", []),
+                           ("--deadline", []), ("--stale-after", ["--listen", "127.0.0.1:0"])]],
+])
+def test_a_bad_value_from_the_command_line_is_bad_usage_before_anything_runs(source, tmp_path, args, message):
+    """Nothing is fetched, posted or written; the secrets in the URLs show nowhere."""
+    url = source.add("/todos", ok())
+    result = cli("--url", url, "--runs", 1, "--interval", 1, "--history", "h.jsonl", "--notify", url, *args,
+                 cwd=tmp_path)
+    assert result.returncode == 2
+    assert last_line(result.stderr) == f"prefectflow.py: error: {message}"
+    assert not any(secret in result.stdout + result.stderr for secret in ["pa55w0rd", "t0p"])
+    assert result.stdout == "" and list(tmp_path.iterdir()) == [] and source.hits("/todos") == 0
+
+
 def test_bad_usage_in_a_subprocess_exits_2_and_runs_nothing(tmp_path):
     result = cli("--once", "--runs", "2", cwd=tmp_path)
     assert result.returncode == 2

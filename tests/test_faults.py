@@ -260,3 +260,30 @@ def test_sigkill_at_any_moment_leaves_the_old_file_or_the_whole_new_one(source, 
             if name.endswith(".tmp"):
                 os.unlink(good_output.parent / name)
     assert not all(outcomes), "some kill came before the replace"
+
+
+def raw_answer(code, reason, *header_lines, body=b""):
+    """Answer with this status line and these header lines as they are, bytes and all."""
+    def act(handler):
+        handler.wfile.write(b"HTTP/1.1 %d %s\r\n" % (code, reason))
+        for line in header_lines:
+            handler.wfile.write(line + b"\r\n")
+        handler.wfile.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        handler.close_connection = True
+    return act
+
+
+@pytest.mark.parametrize("answer, problem", [
+    (raw_answer(302, b"Found", b"Location: /x\xff"), "answered HTTP 302 with a Location that is not UTF-8"),
+    (raw_answer(503, b"\x1b[2J\x1b[31mOK\xe2\x80\xae"), "answered HTTP 503 \\x1b[2J\\x1b[31mOK\xe2\\x80\xae"),
+    (raw_answer(200, b"OK", body=b"[" * 100_000 + b"]" * 100_000),
+     "sent a body that is not valid JSON (nested too deeply)"),
+])
+def test_a_hostile_answer_is_retried_and_named_masked_in_one_line(source, good_output, answer, problem):
+    """A reason phrase is read as Latin-1: the UTF-8 of U+202E arrives as â, a control character, ®."""
+    url = source.add("/todos?token=t0p", answer)
+    result = cli(*FAST, "--retries", 1, "--url", url, "--output", good_output)
+    masked = url.replace("t0p", "***")
+    assert failed_with(result, f"extract failed after 2 attempts: {masked} {problem}", good_output)
+    assert source.hits("/todos?token=t0p") == 2
+    assert "t0p" not in result.stdout + result.stderr
