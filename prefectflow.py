@@ -167,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cli.setup_logging(args.debug, args.quiet, args.log_format)
     if args.history:
         try:
-            open(args.history, "a").close()
+            os.close(sink.open_append(args.history))
         except OSError as exc:
             error(f"cannot write --history {args.history}: {exc.strerror}")
             return service.EXIT_FAILED
@@ -224,8 +224,8 @@ def _run(args: argparse.Namespace, etl_flow: Flow) -> int:
 
 def _remove_unfinished(output: str) -> None:
     """Remove the temporary files of the output's and its state file's writes that a stop cut short."""
-    for path in (output, state.state_path(output)):
-        sink.remove_unfinished(path)
+    sink.remove_unfinished(output)
+    sink.remove_unfinished(state.state_path(output), follow=False)
 
 
 def _draw(etl_flow: Flow, path: str, state: Optional[prefect.engine.state.State] = None) -> int:

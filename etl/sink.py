@@ -1,6 +1,7 @@
 """The sink: the output file, replaced atomically (the old file or the new one, never a mix), and
 JSON Lines history files, appended a whole line at a time."""
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -45,7 +46,7 @@ def _same_bytes(records: list, path: str) -> Optional[str]:
     """The SHA-256 of path if it holds exactly the JSON text of records; None if it does not."""
     hashed = hashlib.sha256()
     try:
-        existing = open(path, "rb")
+        existing = open_regular(path)
     except OSError:
         return None
     with existing:
@@ -60,21 +61,40 @@ def _same_bytes(records: list, path: str) -> Optional[str]:
 def file_digest(path: str) -> Optional[str]:
     """The SHA-256 of the file at path; None if it cannot be read."""
     try:
-        with open(path, "rb") as existing:
+        with open_regular(path) as existing:
             return hashlib.file_digest(existing, "sha256").hexdigest()
     except OSError:
         return None
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Replace path with data, atomically, as write_json does."""
-    replace_file(path, lambda out: out.write(data))
+def open_regular(path: str, limit: Optional[int] = None, follow: bool = True) -> BinaryIO:
+    """path opened for reading; OSError if it is not a regular file (a fifo would block the read
+    forever, a device might never end), if it is larger than limit bytes, or, unless follow, if
+    it is a symbolic link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def replace_file(path: str, write: Callable[[BinaryIO], None]) -> None:
+def write_bytes(path: str, data: bytes, follow: bool = True) -> None:
+    """Replace path with data, atomically, as write_json does; unless follow, a symbolic link at
+    path is replaced itself, not its target."""
+    replace_file(path, lambda out: out.write(data), follow)
+
+
+def replace_file(path: str, write: Callable[[BinaryIO], None], follow: bool = True) -> None:
     """Replace path with what write writes to a temporary file beside it: fsynced, then renamed
-    over it, its folder synced; the old file or the new one, never a mix."""
-    target = os.path.realpath(path)
+    over it, its folder synced; the old file or the new one, never a mix. A symbolic link at path
+    stays a link and its target is replaced, unless follow is False: then the link itself is."""
+    target = os.path.realpath(path) if follow else os.path.abspath(path)
     folder = os.path.dirname(target)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -90,7 +110,8 @@ def replace_file(path: str, write: Callable[[BinaryIO], None]) -> None:
             out.flush()
             os.fsync(out.fileno())
         with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+            if stat.S_ISREG(mode := os.stat(target, follow_symlinks=False).st_mode):
+                os.chmod(tmp, stat.S_IMODE(mode))
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # not created yet, already replaced, or a read-only folder
@@ -117,10 +138,11 @@ def _temporary(target: str, token: str) -> str:
     return os.path.join(folder, f".{name[:200]}.{token}.tmp")
 
 
-def remove_unfinished(path: str) -> None:
+def remove_unfinished(path: str, follow: bool = True) -> None:
     """Remove the temporary files of writes to path that were cut short: the process that stopped
     a run removes them once nothing of it (thread or child process) can write any more."""
-    folder, name = os.path.split(_temporary(os.path.realpath(path), "token"))
+    target = os.path.realpath(path) if follow else os.path.abspath(path)
+    folder, name = os.path.split(_temporary(target, "token"))
     pattern = os.path.join(glob.escape(folder), glob.escape(name).replace(".token.", "." + "[0-9a-f]" * 16 + "."))
     for tmp in glob.glob(pattern):
         with contextlib.suppress(OSError):
@@ -131,7 +153,7 @@ def append_line(path: str, record: dict) -> None:
     """Append record to a JSON Lines file as one whole line: a write that fails or falls short
     (a full disk, a file-size limit) is cut back off, so the file never ends in half a line."""
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_append(path)
     try:
         size = os.fstat(fd).st_size
         try:
@@ -144,6 +166,21 @@ def append_line(path: str, record: dict) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def open_append(path: str) -> int:
+    """A file descriptor that appends to path, created if missing; OSError if path is not a
+    regular file (appending to a fifo would wait for a reader for ever)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a fifo without a reader
+            raise OSError(errno.EINVAL, "not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
 
 
 def read_tail(path: str, count: int, window: int = 1 << 20) -> List[dict]:

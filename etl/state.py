@@ -3,22 +3,28 @@ source, its validators (ETag, Last-Modified) and where its records are in the ou
 the output so that pages that answered 304 Not Modified keep their records."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import prefect
 
 from etl import sink
-from etl.errors import SinkError
+from etl.errors import SinkError, UrlError
+from etl.source import check_url
 
 log = prefect.utilities.logging.get_logger(__name__)
 
 VERSION = 1
+MAX_STATE_BYTES = 64 * 2**20  # a larger state file is not read: every source is fetched in full
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_VALIDATOR = re.compile(r"[\x20-\x7e]*")  # an ETag or a date that can be sent back as it is
 
 
 @dataclass
@@ -88,19 +94,21 @@ class Last:
 
 def read_last(output: str) -> Optional[Last]:
     """What the last run wrote, from the state file; None without one, or if the output is missing
-    or no longer what that run wrote (then a 304 cannot be trusted)."""
+    or no longer what that run wrote, or if anything in the state file is not as _save writes it
+    (then a 304 cannot be trusted). A state file that is a symbolic link is not followed."""
+    logger = prefect.context.get("logger", log)
+    path = state_path(output)
     try:
-        with open(state_path(output), encoding="utf-8") as file:
-            saved = json.load(file)
-        if saved["version"] != VERSION:
-            return None
-        digest, records = saved["sha256"], saved["records"]
-        pages = [Page(**page) for page in saved["pages"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        with sink.open_regular(path, MAX_STATE_BYTES, follow=False) as file:
+            digest, records, pages = _verified(json.load(file))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not as this program writes it"
+        logger.warning("Not using the state file %s (%s): fetching every source in full", path, why)
         return None
     if sink.file_digest(output) != digest:
-        prefect.context.get("logger", log).info(
-            "%s is missing or not what the last run wrote: fetching every source in full", output)
+        logger.info("%s is missing or not what the last run wrote: fetching every source in full", output)
         return None
     last = Last(digest, records, {})
     start = 0
@@ -109,6 +117,40 @@ def read_last(output: str) -> Optional[Last]:
         last.pages.setdefault(page.source, {}).setdefault(page.url, page)
         start += page.count
     return last
+
+
+def _verified(saved: object) -> tuple:
+    """The digest, the record count and the pages of a state file's JSON; ValueError unless every
+    field has the type and range _save gives it, and the pages' counts add up to the records."""
+    if not (type(saved) is dict and saved.keys() == {"version", "sha256", "records", "pages"}
+            and saved["version"] == VERSION and type(saved["sha256"]) is str and _DIGEST.fullmatch(saved["sha256"])
+            and _count(saved["records"]) and type(saved["pages"]) is list):
+        raise ValueError("not a state file")
+    pages = [_page(page) for page in saved["pages"]]
+    if sum(page.count for page in pages) != saved["records"]:
+        raise ValueError("the pages do not add up to the records")
+    return saved["sha256"], saved["records"], pages
+
+
+def _page(saved: object) -> Page:
+    fields = {field.name for field in dataclasses.fields(Page)} - {"start", "basis"}
+    if type(saved) is not dict or saved.keys() != fields or not _count(saved["count"]):
+        raise ValueError("not a page")
+    if type(saved["source"]) is not str or type(saved["url"]) is not str:
+        raise ValueError("not a page")
+    for validator in (saved["etag"], saved["last_modified"]):
+        if validator is not None and not (type(validator) is str and _VALIDATOR.fullmatch(validator)):
+            raise ValueError("a validator that cannot be sent")
+    if saved["next"] is not None:
+        try:
+            check_url(saved["next"] if type(saved["next"]) is str else "")
+        except UrlError:
+            raise ValueError("a next page that cannot be fetched") from None
+    return Page(**saved)
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0
 
 
 def write_output(records: list, output: str, keep_state: bool = True) -> Optional[int]:
@@ -136,13 +178,18 @@ def _assemble(records: list, output: str) -> Optional[list]:
     if len(kept) == len(pages) and _in_order(pages) == last.records:
         return None
     try:
-        with open(output, "rb") as file:
+        with sink.open_regular(output) as file:
             data = file.read()
     except OSError:
         data = b""
     if hashlib.sha256(data).hexdigest() != last.digest:
         raise _changed_during_the_run(output)
     old, new, full = json.loads(data), iter(records), []
+    if type(old) is not list or len(old) != last.records:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_path(output))
+        raise SinkError(f"the state file {state_path(output)} does not match {output}: the next run fetches "
+                        "every source in full")
     for page in pages:
         if page.start is None:
             full.extend(itertools.islice(new, page.count))
@@ -169,4 +216,5 @@ def _in_order(pages: List[Page]) -> int:
 def _save(output: str, digest: str, records: int, pages: List[Page]) -> None:
     saved = {"version": VERSION, "sha256": digest, "records": records, "pages": [
         {k: v for k, v in dataclasses.asdict(page).items() if k not in ("start", "basis")} for page in pages]}
-    sink.write_bytes(state_path(output), json.dumps(saved, indent=1).encode("utf-8"))
+    # Never written through a symbolic link: whoever put one there could aim it at any file of ours.
+    sink.write_bytes(state_path(output), json.dumps(saved, indent=1).encode("utf-8"), follow=False)

@@ -176,3 +176,24 @@ def test_write_json_compares_a_chunk_at_a_time(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2_000_000
+
+
+def test_an_output_that_is_a_fifo_is_replaced_and_a_history_that_is_one_is_refused(source, tmp_path):
+    """Reading or appending to a fifo would block for ever: the run must not wait for a writer or a
+    reader that never comes."""
+    out, log = tmp_path / "datos.json", tmp_path / "runs.jsonl"
+    os.mkfifo(out)
+    os.mkfifo(log)
+    url = source.add("/todos", ok())
+    refused = subprocess.run([sys.executable, SCRIPT, "--once", "--url", url, "--output", out, "--history", log],
+                             capture_output=True, text=True, timeout=60)
+    assert (refused.returncode, refused.stderr) == (1, f"prefectflow.py: error: cannot write --history {log}: "
+                                                       "not a regular file\n")
+    assert source.hits("/todos") == 0
+    result = subprocess.run([sys.executable, SCRIPT, "--once", "--url", url, "--output", out],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == RECORDS_JSON
+    with pytest.raises(OSError, match="not a regular file"):
+        append_line(str(log), {"state": "Success"})
+    assert stat.S_ISFIFO(os.stat(log).st_mode)

@@ -169,3 +169,112 @@ def test_a_304_to_a_request_that_was_not_conditional_is_a_failure(source, good_o
     assert summary["error"] == (f"extract failed after 2 attempts: {url} answered HTTP 304 Not Modified to a "
                                 "request that was not conditional")
     assert good_output.read_bytes() == RECORDS_JSON
+
+
+def paged(source, parts, changed=None):
+    """parts as pages /t?page=1.., each answering 304 to its ETag; the last one changed after the
+    first run if changed is given. The first page's url."""
+    for number, part in enumerate(parts, 1):
+        more = {"Link": f'</t?page={number + 1}>; rel="next"'} if number < len(parts) else {}
+        answers = [cached(part, ETag=f'"p{number}"', **more)]
+        if changed is not None and number == len(parts):
+            answers.append(cached(changed, ETag=f'"p{number}b"', **more))
+        source.add(f"/t?page={number}", *answers)
+    return source.url("/t?page=1")
+
+
+def edit_state(out, edit):
+    """Edit the state file's fields with edit(saved), keeping its sha256."""
+    path = state_path(str(out))
+    saved = json.loads(open(path).read())
+    edit(saved)
+    with open(path, "w") as file:
+        json.dump(saved, file)
+
+
+def set_counts(*counts):
+    def edit(saved):
+        for page, count in zip(saved["pages"], counts):
+            page["count"] = count
+    return edit
+
+
+def set_field(index, field, value):
+    def edit(saved):
+        saved["pages"][index][field] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    set_counts("1"), set_counts(-1, 2, 2), set_counts(-1, 4), set_counts(2, 2, 2), set_counts(True, 1, 1),
+    set_counts(1.0, 1, 1), lambda saved: saved.update(records=4), lambda saved: saved.update(records="3"),
+    lambda saved: saved.update(sha256=None), lambda saved: saved["pages"].append(None),
+    lambda saved: saved["pages"][0].update(extra=1), lambda saved: saved["pages"][0].pop("etag"),
+    set_field(0, "etag", '"p1"\r\nX-Evil: 1'), set_field(0, "etag", 1), set_field(1, "url", None),
+    set_field(0, "next", "ftp://example.org/t?page=2"), set_field(0, "last_modified", ["x"]),
+], ids=lambda edit: "edit")
+def test_a_state_file_edited_under_its_digest_is_not_trusted(source, tmp_path, edit):
+    """Its types, ranges and counts are checked before anything is sent: on any doubt every page
+    is fetched in full, and the next state file is whole again."""
+    out = tmp_path / "datos.json"
+    url = paged(source, [TODOS[:1], TODOS[1:2], TODOS[2:]], changed=CHANGED)
+    run(out, url, paginate=True)
+    edit_state(out, edit)
+    summary = run(out, url, paginate=True)
+    assert [source.asked(f"/t?page={n}")[1].get("If-None-Match") for n in (1, 2, 3)] == [None, None, None]
+    assert (summary["changed"], written(out)) == (True, RECORDS[:2] + [dict(RECORDS[0], Titulo="changed")])
+    assert run(out, url, paginate=True)["changed"] is False
+    assert [source.asked(f"/t?page={n}")[2].get("If-None-Match") for n in (1, 2, 3)] == ['"p1"', '"p2"', '"p3b"']
+
+
+def test_the_state_file_is_checked_against_the_records_in_the_output(source, tmp_path):
+    """Counts that add up to a "records" the output does not hold: the run fails in one line, the
+    output untouched, and the next run fetches in full."""
+    out = tmp_path / "datos.json"
+    url = paged(source, [TODOS[:1], TODOS[1:2], TODOS[2:]], changed=CHANGED)
+    run(out, url, paginate=True)
+    edit_state(out, lambda saved: [saved.update(records=4), saved["pages"][2].update(count=2)])
+    flow = prefectflow.build_flow(retries=0, output=str(out), paginate=True)
+    summary, _ = run_once(flow, [url])
+    assert summary["error"] == (f"load failed: the state file {state_path(str(out))} does not match {out}: "
+                                "the next run fetches every source in full")
+    assert out.read_bytes() == RECORDS_JSON
+    assert run(out, url, paginate=True)["changed"] is True
+    assert [h.get("If-None-Match") for h in source.asked("/t?page=1")] == [None, '"p1"', None]
+
+
+def test_a_state_file_that_is_a_symbolic_link_is_replaced_not_written_through(source, tmp_path):
+    out, victim = tmp_path / "datos.json", tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    url = source.add("/todos", cached(ETag='"v1"'))
+    run(out, url)
+    victim.write_bytes(open(state_path(str(out)), "rb").read())  # a state file that would be trusted
+    before = victim.read_bytes()
+    os.unlink(state_path(str(out)))
+    os.symlink(victim, state_path(str(out)))
+    assert run(out, url)["changed"] is False
+    assert "If-None-Match" not in source.asked("/todos")[1]  # not read through the link either
+    assert victim.read_bytes() == before
+    assert not os.path.islink(state_path(str(out)))
+    assert run(out, url)["changed"] is False
+    assert source.asked("/todos")[2]["If-None-Match"] == '"v1"'
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge", "nested", "not UTF-8"])
+def test_a_state_file_that_cannot_be_read_back_is_a_full_fetch(source, tmp_path, kind):
+    """A fifo would block the read forever; a huge file is not read whole."""
+    out = tmp_path / "datos.json"
+    url = source.add("/todos", cached(ETag='"v1"'))
+    run(out, url)
+    path = state_path(str(out))
+    os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        with open(path, "wb") as file:
+            file.truncate(1 << 30)  # sparse: nothing is written to the disk
+    else:
+        open(path, "wb").write(b"[" * 100_000 + b"]" * 100_000 if kind == "nested" else b'{"version": 1\xff}')
+    assert run(out, url)["changed"] is False
+    assert "If-None-Match" not in source.asked("/todos")[1]
+    assert os.path.isfile(path) and os.path.getsize(path) < 1000
