@@ -11,12 +11,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import prefect
 
-from etl.errors import PayloadError, SourceError
+from etl.errors import PayloadError, SourceError, UrlError
 from etl.headers import Headers, mask_values, same_origin
 from etl.records import validate
 from etl.settings import MAX_PAGES, MAX_THREADS
-from etl.source import fetch_json, mask_url
-from etl.state import Fetched, Page, read_last
+from etl.source import check_url, fetch_json, mask_text, mask_url
+from etl.state import Fetched, Page, read_last, sendable
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -88,7 +88,20 @@ class Walk:
                 masked(url), mask_url(self.source))
         payload, response = fetch_json(url, options.timeout, options.deadline, options.max_bytes, headers,
                                        origin=self.source, conditions=known.conditions() if known else None)
-        link, etag, modified = (response.headers.get(h) for h in ("Link", "ETag", "Last-Modified"))
+        link = response.headers.get("Link")
+        etag, modified = (sendable(response.headers.get(h)) for h in ("ETag", "Last-Modified"))
+
+        def linked() -> Optional[str]:  # the next page, if it can be fetched; with --paginate, it must
+            try:
+                target = next_link(link, response.url)
+                if target:
+                    check_url(target)
+                return target
+            except (ValueError, UrlError) as exc:
+                if not options.paginate:
+                    return None
+                raise SourceError(f"{masked(url)} links to a next page that cannot be fetched: "
+                                  f"{mask_text(str(exc), values=headers.values())}") from None
         if response.status_code == 304:
             if known is None:
                 raise SourceError(f"{masked(url)} answered HTTP 304 Not Modified to a request that was "
@@ -96,14 +109,14 @@ class Walk:
             # A 304 need not repeat the Link header: without one, the next page is the one it had.
             page = dataclasses.replace(
                 known, etag=etag or known.etag, last_modified=modified or known.last_modified,
-                next=next_link(link, response.url) if link is not None else known.next)
+                next=linked() if link is not None else known.next)
             todos = []
         else:
             try:
                 todos = validate(payload, allow_empty=True)
             except PayloadError as exc:
                 raise PayloadError(f"{masked(url)}: {exc}") from None
-            page = Page(self.source, url, etag, modified, next_link(link, response.url), len(todos))
+            page = Page(self.source, url, etag, modified, linked(), len(todos))
         following = page.next if options.paginate else None
         if following in {p.url for p in self.pages} | {url}:
             raise PayloadError(f"{mask_url(self.source)}: page {masked(url)} links back to "

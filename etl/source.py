@@ -205,7 +205,10 @@ def _follow_redirects(session: requests.Session, sent: _Sent, timeout: tuple) ->
             return response
         response.close()
         # A relative Location keeps the scheme, host and credentials; another host gets none.
-        visited.append(urllib.parse.urljoin(visited[-1], target))
+        try:
+            visited.append(urllib.parse.urljoin(visited[-1], target))
+        except ValueError as exc:
+            raise SourceError(f"{current} redirected to a Location that is not a valid URL ({exc})") from None
         following = sent.mask_url(visited[-1])
         if len(visited) > MAX_REDIRECTS + 1:
             raise SourceError(f"{sent.mask_url(visited[0])} redirected more than {MAX_REDIRECTS} times "

@@ -139,7 +139,7 @@ def _page(saved: object) -> Page:
     if type(saved["source"]) is not str or type(saved["url"]) is not str:
         raise ValueError("not a page")
     for validator in (saved["etag"], saved["last_modified"]):
-        if validator is not None and not (type(validator) is str and _VALIDATOR.fullmatch(validator)):
+        if validator is not None and (type(validator) is not str or sendable(validator) is None):
             raise ValueError("a validator that cannot be sent")
     if saved["next"] is not None:
         try:
@@ -147,6 +147,11 @@ def _page(saved: object) -> Page:
         except UrlError:
             raise ValueError("a next page that cannot be fetched") from None
     return Page(**saved)
+
+
+def sendable(value: Optional[str]) -> Optional[str]:
+    """value, a header a source sent, if it can be sent back as it is (printable ASCII); else None."""
+    return value if value is not None and _VALIDATOR.fullmatch(value) else None
 
 
 def _count(value: object) -> bool:

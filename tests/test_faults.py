@@ -275,6 +275,8 @@ def raw_answer(code, reason, *header_lines, body=b""):
 
 @pytest.mark.parametrize("answer, problem", [
     (raw_answer(302, b"Found", b"Location: /x\xff"), "answered HTTP 302 with a Location that is not UTF-8"),
+    (raw_answer(302, b"Found", b"Location: http://[::1/x"),
+     "redirected to a Location that is not a valid URL (Invalid IPv6 URL)"),
     (raw_answer(503, b"\x1b[2J\x1b[31mOK\xe2\x80\xae"), "answered HTTP 503 \\x1b[2J\\x1b[31mOK\xe2\\x80\xae"),
     (raw_answer(200, b"OK", body=b"[" * 100_000 + b"]" * 100_000),
      "sent a body that is not valid JSON (nested too deeply)"),

@@ -140,3 +140,20 @@ def test_max_pages_needs_paginate():
     result = cli("--once", "--max-pages", 3)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "prefectflow.py: error: --max-pages needs --paginate"
+
+
+@pytest.mark.parametrize("link, problem", [
+    ('<http://[::1/t?page=2>; rel="next"', "Invalid IPv6 URL"),
+    ('<ftp://ann:pw@127.0.0.1/t?page=2>; rel="next"',
+     "ftp://***@127.0.0.1/t?page=2: only http:// and https:// URLs can be fetched"),
+])
+def test_a_next_link_that_cannot_be_fetched_is_retried_and_named(source, good_output, link, problem):
+    """Without --paginate such a link is not looked at."""
+    url = source.add("/t?token=t0p", ok(TODOS, Link=link))
+    result = cli(*FAST, "--retries", 1, "--url", url, "--output", good_output)
+    assert result.returncode == 1
+    assert result.stderr == (f"prefectflow.py: error: extract failed after 2 attempts: {url.replace('t0p', '***')} "
+                             f"links to a next page that cannot be fetched: {problem}\n")
+    assert good_output.read_bytes() == RECORDS_JSON
+    assert cli("--once", "--url", url, "--output", good_output).returncode == 0
+
