@@ -197,7 +197,7 @@ def read_tail(path: str, count: int, window: int = 1 << 20) -> List[dict]:
     for line in reversed(tail):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -132,6 +132,12 @@ def test_read_tail_gives_the_last_whole_json_objects(tmp_path):
     assert read_tail(str(path), 50, window=52) == [{"n": 7}, {"n": 8}, {"n": 9}]  # the line cut in 2 is skipped
 
 
+def test_read_tail_skips_lines_nested_too_deeply_or_with_huge_numbers(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"n": 1}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"n": ' + "9" * 5000 + '}\n{"n": 2}\n')
+    assert read_tail(str(path), 50) == [{"n": 1}, {"n": 2}]
+
+
 def test_write_json_to_a_long_file_name_keeps_its_temporary_name_within_limits(tmp_path):
     path = tmp_path / ("d" * 250 + ".json")
     write_json(RECORDS, str(path))
