@@ -278,3 +278,15 @@ def test_a_state_file_that_cannot_be_read_back_is_a_full_fetch(source, tmp_path,
     assert run(out, url)["changed"] is False
     assert "If-None-Match" not in source.asked("/todos")[1]
     assert os.path.isfile(path) and os.path.getsize(path) < 1000
+
+
+def test_a_validator_that_cannot_be_sent_back_is_not_kept(source, tmp_path):
+    """An ETag with a byte that is not ASCII: the page is fetched in full each time, and the state
+    file stays one this program trusts."""
+    out = tmp_path / "datos.json"
+    url = source.add("/todos", cached(ETag='"v\xff"', Last_Modified=DATE))
+    run(out, url)
+    run(out, url)
+    first, second = source.asked("/todos")
+    assert "If-None-Match" not in second and second["If-Modified-Since"] == DATE
+    assert json.loads(open(state_path(str(out))).read())["pages"][0]["etag"] is None
