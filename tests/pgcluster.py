@@ -68,7 +68,7 @@ class Cluster:
         for _ in range(5):  # another process may take the free port before the server does
             self.port = _free_port()
             options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
-                       f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=100")
+                       f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=100 -c log_line_prefix=%d:")
             try:
                 self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.root / "server.log", "-w",
                           "-t", "120", "start")
