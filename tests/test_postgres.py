@@ -251,11 +251,11 @@ def test_kill_9_mid_load_leaves_the_old_rows(pg, source, phase):
     try:
         query = wait_for(lambda: (q := loader_busy(pg)) and q.startswith(phase) and q or proc.poll() is not None,
                          f"a {phase} of the load")
+        assert query is not True, f"the load ended before its {phase} was caught"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    assert query is not True, f"the load ended before its {phase} was caught"
     wait_for(lambda: loader_busy(pg) is None, "the killed session's end")
     assert (xmins(pg), state_row(pg)) == before
     assert pg.sql('SELECT count(*), max("UsuarioID") FROM todos') == [(100_000, 1)]
