@@ -26,10 +26,13 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 def check_url(output: str) -> str:
     """output, if libpq can read it as a connection URI; ValueError naming it masked otherwise."""
     try:
-        conninfo_to_dict(output)
+        params = conninfo_to_dict(output)
     except psycopg.Error as exc:
         raise ValueError(f"{mask_url(output)}: not a PostgreSQL connection URI "
                          f"({mask_text(' '.join(str(exc).split()), output)})") from None
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{mask_url(output)}: not a PostgreSQL connection URI (port {port!r})")
     return output
 
 
