@@ -36,6 +36,6 @@ run() {
         HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 bash -euc "$1"
 }
 run 'apt-get update -qq
-     apt-get install -y -qq ca-certificates python3 python3-venv python3-dev gcc make git graphviz >/dev/null
+     apt-get install -y -qq ca-certificates python3 python3-venv python3-dev gcc make git graphviz postgresql >/dev/null
      update-ca-certificates >/dev/null'
 run 'cd /src && python3 --version && make demo && make test'

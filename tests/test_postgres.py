@@ -14,7 +14,6 @@ from conftest import RECORDS, SCRIPT, TODOS, cached, cli, history, ok, status, w
 from pgcluster import postgres_cluster, pg  # noqa: F401  (fixtures)
 
 import prefectflow
-from etl import postgres
 from etl.database import Table
 from etl.service import run_once
 
@@ -366,6 +365,8 @@ def test_postgres_scheme_and_a_unix_socket_work_too(pg, source):
 
 
 def test_lock_is_held_by_one_session_at_a_time(pg):
+    from etl import postgres
+
     first = postgres.lock(pg.url, "todos")
     try:
         assert first is not None
