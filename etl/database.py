@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import prefect
 
@@ -155,8 +155,9 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
     if kept and (old is None or any(page.basis != old["token"] for page in kept)):
         raise SinkError(f"{where} changed during the run; the next run fetches every source in full")
     if kept and len(kept) == len(pages) and _in_order(pages) == old["records"]:
-        db.rollback()
-        return None  # every page answered 304: the rows are as the last run left them
+        db.rollback()  # every page answered 304: the rows are as the last run left them
+        logger.info("Left %s as it was: unchanged", where)
+        return None
     ids = _ids(records, pages, old)
     _check_unique(ids)
     if not _check_shape(db, module, table.name, where):
@@ -166,8 +167,12 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
     if table.mode == REPLACE and kept:
         rows = list(records) + _read_rows(db, table.name, ids, records, pages)
     changed = _write(db, module, table, rows)
-    rows_now = len(rows) if table.mode == REPLACE else db.execute(f"SELECT count(*) FROM {quote(table.name)}").fetchone()[0]
-    state = None if pages is None else _state(pages, ids, rows_now)
+    if pages is None:
+        state = None
+    elif table.mode == REPLACE:
+        state = _state(pages, ids, len(rows))
+    else:
+        state = _state(pages, ids, db.execute(f"SELECT count(*) FROM {quote(table.name)}").fetchone()[0])
     if state is not None and (old is None or {**old, "token": None} != {**state, "token": None}):
         _save_state(db, module, table, state)
     elif not changed:
@@ -221,7 +226,7 @@ def _check_shape(db, module, table: str, where: str) -> bool:
     problems += [f"column {quote(c)} is {found[c]}, not {wanted[c][0]}"
                  for c in COLUMNS if c in found and found[c] not in wanted[c]]
     if not problems and not module.unique_key(db, table):
-        problems.append(f'column "ID" is not a primary key or unique')
+        problems.append('column "ID" is not a primary key or unique')
     if problems:
         raise SinkError(f"{where} has another shape than ours: {'; '.join(problems)}. It was left as it "
                         "is: give another --table, or drop or rename that table")

@@ -76,7 +76,7 @@ def lock(output: str, table: str) -> Optional[psycopg.Connection]:
 def begin(db: psycopg.Connection, table: str) -> None:
     """Serialize our loads into table until the transaction ends (a lock of its own, apart from
     lock()'s); readers never wait."""
-    db.execute(f"SELECT pg_advisory_xact_lock(hashtext('prefectflow load'), hashtext(%s))",
+    db.execute("SELECT pg_advisory_xact_lock(hashtext('prefectflow load'), hashtext(%s))",
                (_qualified(db, table),))
 
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from conftest import RECORDS, SCRIPT, TODOS, cached, cli, history, ok, status, wait_for

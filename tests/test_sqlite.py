@@ -37,11 +37,20 @@ def digest(path):
 
 
 def test_a_relative_path_is_loaded_and_queried_with_sqlite3(source, tmp_path):
-    result = cli("--once", "--url", source.add("/todos", ok()), "--output", "sqlite:///out/todos.db", cwd=tmp_path)
+    url = source.add("/todos", cached(ETag='"v1"'), cached(ETag='"v1"'), ok(ETag='"v1"'))
+    result = cli("--once", "--url", url, "--output", "sqlite:///out/todos.db", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     db = tmp_path / "out" / "todos.db"
     assert rows(db) == RECORDS
-    assert f'Loaded 3 records into table "todos" of sqlite:///{db} (replace)' in result.stdout
+    assert f'Loaded 3 records into table "todos" of sqlite:///{db} (replace): 3 rows written or deleted' in result.stdout
+    before = digest(db)
+    for answer in ("304", "200"):  # the same records again: unchanged either way
+        again = cli("--once", "--url", url, "--output", "sqlite:///out/todos.db", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert f'Left table "todos" of sqlite:///{db} as it was: unchanged' in again.stdout
+        assert "Success, unchanged" in again.stdout
+    assert source.asked("/todos")[1]["If-None-Match"] == '"v1"'
+    assert digest(db) == before
     with sqlite3.connect(db) as con:
         assert [(name, kind) for _, name, kind, *_ in con.execute('PRAGMA table_info("todos")')] == [
             ("UsuarioID", "INTEGER"), ("ID", "INTEGER"), ("Titulo", "TEXT"), ("Completado", "BOOLEAN")]
