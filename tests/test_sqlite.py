@@ -153,3 +153,21 @@ def test_kill_9_mid_load_leaves_the_old_rows(source, tmp_path, phase):
         proc.wait()
     with sqlite3.connect(db) as con:  # the next reader rolls the hot journal back
         assert con.execute('SELECT count(*), sum("UsuarioID"), max("ID") FROM todos').fetchall() == before
+
+
+def test_a_database_locked_by_another_writer_is_retried_then_fails_in_one_line(source, tmp_path, monkeypatch):
+    import etl.sqlite
+
+    monkeypatch.setattr(etl.sqlite, "BUSY_TIMEOUT", 0.05)
+    db = tmp_path / "t.db"
+    run(db, source.add("/old", ok()))
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        flow = prefectflow.build_flow(output=f"sqlite:///{db}", retries=2, retry_delay=0.01)
+        summary, _ = run_once(flow, [source.add("/new", ok(TODOS[:1]))])
+    finally:
+        writer.rollback()
+        writer.close()
+    assert summary["error"] == f"load failed after 3 attempts: cannot load into sqlite:///{db}: database is locked"
+    assert rows(db) == RECORDS
