@@ -7,27 +7,28 @@ conditional requests) are committed together, or not at all."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional
 
 import prefect
 
+from etl import postgres, sqlite
 from etl.errors import DatabaseDown, PayloadError, SinkError
-from etl.records import BATCH, RENAME
 from etl.source import mask_text, mask_url
+from etl.sql import COLUMNS, quote
 from etl.state import Fetched, Last, Page, pages_of
 
 log = prefect.utilities.logging.get_logger(__name__)
 
-SCHEMES = {"sqlite": "etl.sqlite", "postgresql": "etl.postgres", "postgres": "etl.postgres"}
+# Imported here, not looked up by name when used: on a Dask cluster this module travels to workers
+# that need not have the project (psycopg itself is imported once a PostgreSQL output is used).
+SCHEMES = {"sqlite": sqlite, "postgresql": postgres, "postgres": postgres}
 TABLE = "todos"
 REPLACE, MERGE = "replace", "merge"
 MODES = (REPLACE, MERGE)
-COLUMNS = tuple(RENAME.values())  # "UsuarioID", "ID", "Titulo", "Completado"
 KEY = "ID"
 STATE_TABLE = "prefectflow_state"  # one row per loaded table: its pages' validators, as JSON
 VERSION = 1
@@ -72,13 +73,8 @@ def check_table_name(name: str) -> str:
     return name
 
 
-def quote(name: str) -> str:
-    """name as an SQL identifier, quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _module(output: str):
-    return importlib.import_module(SCHEMES[scheme(output)])
+    return SCHEMES[scheme(output)]
 
 
 def describe(output: str, table: Table) -> str:
@@ -98,7 +94,7 @@ def load(records: list, output: str, table: Table, keep_state: bool = True) -> O
     try:
         with module.connect(output) as db:
             return _load(db, module, records, output, table, pages)
-    except module.ERRORS as exc:
+    except module.errors() as exc:
         failure = DatabaseDown if module.worth_retrying(exc) else SinkError
         raise failure(f"cannot load into {mask_url(output)}: {_why(output, exc)}") from None
     except UnicodeEncodeError:
@@ -120,7 +116,7 @@ def read_last(output: str, table: Table) -> Optional[Last]:
             count = db.execute(f"SELECT count(*) FROM {quote(table.name)}").fetchone()[0]
     except FileNotFoundError:
         return None
-    except module.ERRORS as exc:
+    except module.errors() as exc:
         prefect.context.get("logger", log).warning("Cannot read the state of %s (%s): fetching every "
                                                    "source in full", describe(output, table), _why(output, exc))
         return None
@@ -313,12 +309,4 @@ def _save_state(db, module, table: Table, state: dict) -> None:
     db.execute(f"INSERT INTO {quote(STATE_TABLE)} (table_name, state) VALUES ({module.PARAM}, {module.PARAM})",
                (table.name, json.dumps(state)))
 
-
-def batches(records: list) -> Iterator[list]:
-    for start in range(0, len(records), BATCH):
-        yield records[start:start + BATCH]
-
-
-def row_values(record: dict) -> Tuple:
-    return record["UsuarioID"], record["ID"], record["Titulo"], record["Completado"]
 

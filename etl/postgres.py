@@ -2,18 +2,19 @@
 a libpq connection URI, so sslmode and libpq's other parameters, PGPASSWORD, ~/.pgpass and
 PGSERVICE work. Rows go in with COPY, in one transaction: a reader in another session sees the old
 rows or the new ones."""
+from __future__ import annotations
+
 import contextlib
 import os
-from typing import Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, Optional
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
-from etl.database import COLUMNS, batches, quote
 from etl.source import mask_text, mask_url
+from etl.sql import COLUMNS, batches, quote
+
+if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL output is used, not with this module
+    import psycopg
 
 CONNECT_TIMEOUT = 10  # seconds, unless the URI's connect_timeout or PGCONNECT_TIMEOUT says otherwise
-ERRORS = (psycopg.Error,)
 PARAM, FOR_UPDATE, DISTINCT = "%s", " FOR UPDATE", "IS DISTINCT FROM"
 # The column types we create first; the others we accept in a table that exists.
 TYPES = {"UsuarioID": ("bigint", "integer"), "ID": ("bigint", "integer"),
@@ -23,8 +24,18 @@ _KEY = "hashtextextended(current_database() || '.' || current_schema() || '.' ||
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+def errors() -> tuple:
+    """The exceptions that say the database failed, not we."""
+    import psycopg
+
+    return (psycopg.Error,)
+
+
 def check_url(output: str) -> str:
     """output, if libpq can read it as a connection URI; ValueError naming it masked otherwise."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         params = conninfo_to_dict(output)
     except psycopg.Error as exc:
@@ -38,10 +49,14 @@ def check_url(output: str) -> str:
 
 def worth_retrying(exc: Exception) -> bool:
     """The server could not be reached, or dropped the connection (psycopg's OperationalError)."""
+    import psycopg
+
     return isinstance(exc, psycopg.OperationalError)
 
 
 def _settings(output: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
     if "connect_timeout" in conninfo_to_dict(output) or os.environ.get("PGCONNECT_TIMEOUT"):
         return {"application_name": "prefectflow"}
     return {"application_name": "prefectflow", "connect_timeout": CONNECT_TIMEOUT}
@@ -51,6 +66,8 @@ def _settings(output: str) -> dict:
 def connect(output: str, write: bool = True) -> Iterator[psycopg.Connection]:
     """A connection, not in autocommit: its first statement begins a transaction, and closing it
     rolls back what was not committed."""
+    import psycopg
+
     db = psycopg.connect(output, **_settings(output))
     try:
         yield db
@@ -61,6 +78,8 @@ def connect(output: str, write: bool = True) -> Iterator[psycopg.Connection]:
 def lock(output: str, table: str) -> Optional[psycopg.Connection]:
     """A connection holding a session-level advisory lock on table in output's database, for as
     long as it stays open: one process loading into it at a time. None if another session holds it."""
+    import psycopg
+
     db = psycopg.connect(output, autocommit=True, **_settings(output))
     try:
         held = db.execute(f"SELECT pg_try_advisory_lock({_KEY})", (table,)).fetchone()[0]

@@ -6,11 +6,10 @@ import os
 import sqlite3
 from typing import Dict, Iterator, Optional
 
-from etl.database import COLUMNS, batches, quote, row_values
+from etl.sql import COLUMNS, batches, quote, row_values
 
 PREFIX = "sqlite:///"
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer's lock before the attempt fails (and is retried)
-ERRORS = (sqlite3.Error,)
 PARAM, FOR_UPDATE, DISTINCT = "?", "", "IS NOT"
 # The column types we create first; the others we accept in a table that exists.
 TYPES = {"UsuarioID": ("INTEGER", "BIGINT", "INT"), "ID": ("INTEGER", "BIGINT", "INT"),
@@ -30,6 +29,11 @@ def check_url(output: str) -> str:
 
 def path_of(output: str) -> str:
     return output[len(PREFIX):]
+
+
+def errors() -> tuple:
+    """The exceptions that say the database failed, not we."""
+    return (sqlite3.Error,)
 
 
 def worth_retrying(exc: Exception) -> bool:

@@ -378,3 +378,15 @@ def test_lock_is_held_by_one_session_at_a_time(pg):
     again = postgres.lock(pg.url, "todos")
     assert again is not None
     again.close()
+
+
+def test_a_dask_worker_without_the_project_loads_into_the_database(pg, source, tmp_path, monkeypatch):
+    """The worker connects to the database itself: it needs the password in its own environment."""
+    from test_flow import dask_cluster_in
+
+    monkeypatch.setenv("PGPASSWORD", pg.password)  # the worker's; the client's comes with cli()
+    with dask_cluster_in(tmp_path) as address:
+        result = cli("--once", "--retries", 0, "--url", source.add("/todos", ok()), "--dask-address", address,
+                     "--output", pg.url_without_password, env=pg.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pg.rows() == RECORDS
