@@ -33,7 +33,6 @@ KEY = "ID"
 STATE_TABLE = "prefectflow_state"  # one row per loaded table: its pages' validators, as JSON
 VERSION = 1
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-INT_RANGE = (-2**63, 2**63 - 1)  # PostgreSQL's bigint, SQLite's INTEGER
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,8 @@ def load(records: list, output: str, table: Table, keep_state: bool = True) -> O
     except UnicodeEncodeError:
         raise PayloadError("a title holds a character that UTF-8 cannot encode (a lone surrogate); "
                            "nothing was loaded") from None
+    except OverflowError:
+        raise PayloadError("a number does not fit a 64-bit integer column; nothing was loaded") from None
 
 
 def read_last(output: str, table: Table) -> Optional[Last]:
@@ -154,15 +155,22 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
         db.rollback()  # every page answered 304: the rows are as the last run left them
         logger.info("Left %s as it was: unchanged", where)
         return None
-    ids = _ids(records, pages, old)
-    _check_unique(ids)
+    # With several pages the state keeps each page's IDs; otherwise the table's key finds repeats.
+    ids = _ids(records, pages, old) if pages and len(pages) > 1 else None
+    if ids is not None:
+        _check_unique(ids)
     if not _check_shape(db, module, table.name, where):
         module.create(db, table.name)
         logger.info("Created %s", where)
     rows = records
     if table.mode == REPLACE and kept:
         rows = list(records) + _read_rows(db, table.name, ids, records, pages)
-    changed = _write(db, module, table, rows)
+    try:
+        changed = _write(db, module, table, rows)
+    except module.errors() as exc:
+        if not module.worth_retrying(exc):
+            _check_unique([row["ID"] for row in rows])  # a repeated ID is the payload's fault
+        raise
     if pages is None:
         state = None
     elif table.mode == REPLACE:
@@ -192,6 +200,9 @@ def _write(db, module, table: Table, records: list) -> int:
         module.copy(db, table.name, records)
         return len(records)
     module.stage(db, records)  # into the temporary table "prefectflow_new"
+    repeated = db.execute('SELECT "ID" FROM prefectflow_new GROUP BY "ID" HAVING count(*) > 1 LIMIT 1').fetchone()
+    if repeated:
+        raise _repeated(repeated[0])
     changed = 0
     if table.mode == REPLACE:
         changed += db.execute(
@@ -246,14 +257,17 @@ def _ids(records: list, pages: Optional[List[Page]], old: Optional[dict]) -> Lis
 
 
 def _check_unique(ids: List[int]) -> None:
-    """PayloadError if an ID repeats, or does not fit the table's integer columns."""
-    if len(set(ids)) != len(ids):
-        seen = set()
-        repeated = next(i for i in ids if i in seen or seen.add(i))
-        raise PayloadError(f'the records hold "ID" {repeated} more than once; a table is keyed by "ID", '
-                           "so nothing was loaded")
-    if ids and (min(ids) < INT_RANGE[0] or max(ids) > INT_RANGE[1]):
-        raise PayloadError('an "ID" does not fit a 64-bit integer column; nothing was loaded')
+    """PayloadError if an ID repeats."""
+    seen = set()
+    for repeated in ids:
+        if repeated in seen:
+            raise _repeated(repeated)
+        seen.add(repeated)
+
+
+def _repeated(repeated: int) -> PayloadError:
+    return PayloadError(f'the records hold "ID" {repeated} more than once; a table is keyed by "ID", '
+                        "so nothing was loaded")
 
 
 def _read_rows(db, table: str, ids: List[int], records: list, pages: List[Page]) -> list:
@@ -282,11 +296,11 @@ def _in_order(pages: List[Page]) -> int:
 # The state row: committed with the rows, so it always describes them. -------------------------
 
 
-def _state(pages: List[Page], ids: List[int], rows: int) -> dict:
+def _state(pages: List[Page], ids: Optional[List[int]], rows: int) -> dict:
     fields = [{k: v for k, v in dataclasses.asdict(page).items() if k not in ("start", "basis")} for page in pages]
     # With several pages, each page's IDs: a page that answers 304 next time keeps its rows.
-    return {"version": VERSION, "token": secrets.token_hex(8), "records": len(ids), "rows": rows, "pages": fields,
-            "ids": ids if len(pages) > 1 else None}
+    return {"version": VERSION, "token": secrets.token_hex(8), "records": sum(page.count for page in pages),
+            "rows": rows, "pages": fields, "ids": ids}
 
 
 def _read_state(db, module, table: Table, lock: bool) -> Optional[dict]:

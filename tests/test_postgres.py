@@ -101,10 +101,17 @@ def test_merge_inserts_and_updates_by_id_and_never_deletes(pg, source):
 def test_merge_with_a_repeated_id_is_a_payload_error_and_writes_nothing(pg, source):
     run(pg, source.add("/old", ok(todos(3))), mode="merge")
     before = xmins(pg)
-    summary = run(pg, source.add("/dup", ok(todos(2, first=10) + todos(1, user=5, first=11))), mode="merge")
-    assert summary["error"] == ('load failed: the records hold "ID" 11 more than once; a table is keyed by "ID", '
-                                "so nothing was loaded")
+    for mode, payload in [("merge", todos(2, first=10) + todos(1, user=5, first=11)),
+                          ("merge", todos(3) + todos(1, first=2)),  # repeats a row the table holds as it is
+                          ("replace", todos(3) + todos(1, first=2))]:
+        summary = run(pg, source.add(f"/dup{len(payload)}", ok(payload)), mode=mode)
+        assert summary["error"] == (f'load failed: the records hold "ID" {payload[-1]["id"]} more than once; a '
+                                    'table is keyed by "ID", so nothing was loaded')
     assert xmins(pg) == before and len(pg.rows()) == 3
+    pg.sql("DELETE FROM todos")  # into an empty table: straight in, and the table's key finds it
+    assert run(pg, source.add("/dup", ok(todos(3) + todos(1, first=2))))["error"].startswith(
+        'load failed: the records hold "ID" 2 more than once')
+    assert pg.rows() == []
 
 
 def test_titles_with_tabs_newlines_and_backslashes_round_trip(pg, source):
