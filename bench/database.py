@@ -7,7 +7,7 @@ RSS of the client process (the database server's own work is in the wall time, n
 2. prefectflow.py --once into SQLite against naive_db.py.
 
 The PostgreSQL is a throwaway cluster like the tests' (tests/pgcluster.py), with fsync on, as the
-JSON writer fsyncs too. Usage: .venv/bin/python bench/database.py [--repeat N] [--size N]
+JSON writer fsyncs too. Usage: .venv/bin/python bench/database.py [--repeat N] [--size N] [--parts ...]
 """
 import argparse
 import json
@@ -49,7 +49,7 @@ def header(base, other):
     print("|---|---|---|---|---|---|---|")
 
 
-def postgres(source, tmp, size, repeat, cluster):
+def postgres(source, tmp, size, repeat, cluster, parts):
     url = source.add("/todos", ok(json.dumps(todos(size)).encode()))
     other = source.add("/other", ok(json.dumps([dict(t, userId=t["userId"] + 1) for t in todos(size)]).encode()))
     cluster.sql("postgres", "CREATE DATABASE bench")
@@ -68,7 +68,9 @@ def postgres(source, tmp, size, repeat, cluster):
                 "ours": ours_pg, "naive": NAIVE + [url, output]}
     print(f"\n1. {size:,} records into PostgreSQL {cluster.version}: prefectflow.py against naive_db.py "
           "(executemany) and against writing datos.json\n")
-    for label, before in (("into an empty table", empty), (f"replacing {size:,} other rows", full)):
+    for label, before in [(label, before) for part, label, before in (
+            ("empty", "into an empty table", empty), ("replacing", f"replacing {size:,} other rows", full))
+            if part in parts]:
         result = compare(commands, repeat, {"datos.json": lambda: (tmp / "ours.json").unlink(missing_ok=True),
                                             "ours": before, "naive": before})
         rows = cluster.sql("bench", 'SELECT count(*), sum("UsuarioID") FROM todos')
@@ -100,6 +102,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--parts", default="empty,replacing,sqlite",
+                        help="which to measure, of empty,replacing (PostgreSQL) and sqlite")
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.repeat} alternating runs")
     source = Source()
@@ -107,8 +111,11 @@ def main():
     try:
         cluster.version = cluster.sql("postgres", "SHOW server_version")[0][0].split()[0]
         with tempfile.TemporaryDirectory() as tmp:
-            postgres(source, Path(tmp), args.size, args.repeat, cluster)
-            sqlite(source, Path(tmp), args.size, args.repeat)
+            parts = args.parts.split(",")
+            if {"empty", "replacing"} & set(parts):
+                postgres(source, Path(tmp), args.size, args.repeat, cluster, parts)
+            if "sqlite" in parts:
+                sqlite(source, Path(tmp), args.size, args.repeat)
     finally:
         cluster.stop()
         source.close()
