@@ -7,11 +7,12 @@ machinery these tasks call lives in the etl package beside this file (docs/ARCHI
 from __future__ import annotations  # keeps the TypedDicts out of what Dask pickles
 
 import argparse
+import contextlib
 import datetime
 import os
 import socket
 import sys
-from typing import List, Optional, Union
+from typing import Iterator, List, Optional, Union
 
 import pendulum
 import prefect
@@ -19,8 +20,9 @@ from prefect import Flow, Parameter, task, unmapped
 from prefect.engine.signals import LOOP
 from prefect.schedules import IntervalSchedule
 
-from etl import cli, demo, diagram, lock, pages, service, sink, state
-from etl.errors import PayloadError, SourceError, error, say
+from etl import cli, database, demo, diagram, lock, pages, postgres, service, sink, sqlite, state
+from etl.database import Table
+from etl.errors import DatabaseDown, PayloadError, SourceError, error, say
 from etl.headers import Headers
 from etl.records import BATCH, Record, Todo, concat_records, transform_records
 from etl.settings import DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
@@ -56,15 +58,16 @@ def _keep_host(task, old_state, new_state):
 def extract(url: Union[str, List[str]], timeout: float = TIMEOUT, deadline: float = DEADLINE,
             max_bytes: int = MAX_BYTES, allow_empty: bool = False, paginate: bool = False,
             max_pages: int = MAX_PAGES, headers: Optional[Headers] = None,
-            output: Optional[str] = None) -> List[Todo]:
+            output: Optional[str] = None, table: Optional[Table] = None) -> List[Todo]:
     """The todos at url (a list of urls: all of them, fetched at once, in that order), knowing the
     pages they came from. With output, each page is asked whether it changed since the run that
-    wrote output; one that did not (304) has its records there and none here."""
+    wrote output (into table, for a database); one that did not (304) has its records there and
+    none here."""
     urls = [url] if isinstance(url, str) else url
     _require_sources(urls)
     options = pages.Options(timeout, deadline, max_bytes, paginate, max_pages, headers)
     runs = prefect.context.get("task_run_count")  # None outside a flow run
-    progress = prefect.context.get("task_loop_result") or pages.start(urls, output, (runs or 1) - 1)
+    progress = prefect.context.get("task_loop_result") or pages.start(urls, output, (runs or 1) - 1, table)
     with prefect.context(url=mask_url(url) if isinstance(url, str) else None):  # in the log's JSON lines
         while progress.advance(options):
             if runs:  # each page a LOOP: a retry goes on from the page that failed
@@ -105,10 +108,15 @@ def concat(parts: List[List[Todo]]) -> List[Todo]:
     return joined
 
 
-@task(state_handlers=[_keep_host])
-def load(records: List[Record], path: str = OUTPUT, keep_state: bool = True) -> Optional[int]:
+@task(state_handlers=[_keep_host, _keep_attempts])
+def load(records: List[Record], path: str = OUTPUT, keep_state: bool = True,
+         table: Optional[Table] = None) -> Optional[int]:
     """How many records were written to path; None if path already held them and was left alone.
-    keep_state writes path's state file: the validators of the pages the records came from."""
+    keep_state writes path's state file: the validators of the pages the records came from.
+    A database URL as path loads them into table (default: todos, replaced), in one transaction
+    with that state."""
+    if database.is_database(path):
+        return database.load(records, path, table or Table(), keep_state)
     written = state.write_output(records, path, keep_state)
     logger = prefect.context.get("logger", log)
     if written is None:
@@ -133,12 +141,15 @@ def build_flow(
     max_pages: int = MAX_PAGES,
     headers: Optional[Headers] = None,
     conditional: bool = True,
+    table: Optional[Table] = None,
 ) -> Flow:
     """etl_flow: parametro_url -> extract -> transform -> load, every `interval` seconds.
 
     mapped=True fetches a list of urls with extract.map (each with its own retries)
     and joins them in a concat task before transform. conditional=True asks each source whether it
     changed since the last run (If-None-Match, If-Modified-Since), keeping a state file beside output.
+    A database URL as output loads into table (replace or merge): the state is kept in the same
+    database, and a database that is down is retried as a source is.
     """
     retrying_extract = extract.copy(
         max_retries=retries,
@@ -147,6 +158,12 @@ def build_flow(
     settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, allow_empty=allow_empty,
                     paginate=paginate, max_pages=max_pages, headers=headers,
                     output=output if conditional else None)
+    loading = load
+    if database.is_database(output):
+        settings["table"] = table = table or Table()
+        if retries:  # a database that is down, or drops the connection, is retried as a source is
+            loading = load.copy(max_retries=retries, retry_delay=datetime.timedelta(seconds=retry_delay),
+                                retry_on={DatabaseDown})
     schedule = IntervalSchedule(interval=datetime.timedelta(seconds=interval), start_date=start_date)
     with Flow("etl_flow", schedule=schedule) as flow:
         url = Parameter("parametro_url", required=True)
@@ -154,7 +171,7 @@ def build_flow(
             todos = concat(retrying_extract.map(url, **{k: unmapped(v) for k, v in settings.items()}))
         else:
             todos = retrying_extract(url, **settings)
-        load(transform(todos), output, conditional)
+        loading(transform(todos), output, conditional, **({"table": table} if table else {}))
     return flow
 
 
@@ -172,20 +189,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             error(f"cannot write --history {args.history}: {exc.strerror}")
             return service.EXIT_FAILED
     # On a cluster the workers write the output: a relative path would be theirs, not ours.
-    args.output = os.path.abspath(args.output)
+    if not database.is_database(args.output):
+        args.output = os.path.abspath(args.output)
     etl_flow = build_flow(
         retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         deadline=args.deadline, max_bytes=args.max_bytes, output=args.output,
         interval=args.interval, start_date=pendulum.now("utc"),
         allow_empty=args.allow_empty, mapped=len(args.urls) > 1, paginate=args.paginate,
-        max_pages=args.max_pages, headers=args.headers, conditional=args.conditional,
+        max_pages=args.max_pages, headers=args.headers, conditional=args.conditional, table=args.table,
     )
     try:
         with service.stopped_by_signals(abandon=lambda: _remove_unfinished(args.output)):
             if args.visualize and not args.once:
                 return _draw(etl_flow, args.visualize)
-            # Before anything is fetched: one process per output.
-            with lock.held(lock.lock_path(args.output), args.output):
+            with _one_process(args.output, args.table):  # before anything is fetched
                 return _run(args, etl_flow)
     except lock.Busy as busy:
         error(str(busy))
@@ -197,6 +214,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         _remove_unfinished(args.output)  # what threads were writing since: they are interrupted
         say(f"stopped by {stop}")
         return 128 + stop.signum
+
+
+@contextlib.contextmanager
+def _one_process(output: str, table: Optional[Table]) -> Iterator[None]:
+    """Hold the output while inside (lock.Busy if another process holds it): a lock file beside a
+    file or an SQLite database; for PostgreSQL, an advisory lock on the table, held by a connection
+    of its own. A PostgreSQL server that cannot be reached now is no reason not to start: its runs
+    are retried like any, and each load locks the table for its own transaction."""
+    kind = database.scheme(output)
+    if kind != "postgresql" and kind != "postgres":
+        path, what = (sqlite.path_of(output), database.describe(output, table)) if kind else (output, output)
+        with lock.held(lock.lock_path(path), what):
+            yield
+        return
+    what = database.describe(output, table)
+    try:
+        holder = postgres.lock(output, table.name)
+    except postgres.errors() as exc:
+        log.warning("Could not lock %s for this process (%s); going on", what, database.why(output, exc))
+        yield
+        return
+    if holder is None:
+        raise lock.Busy(f"{what} is in use by another process: stop it, or give this one another --table")
+    with holder:
+        yield
 
 
 def _run(args: argparse.Namespace, etl_flow: Flow) -> int:
@@ -223,7 +265,10 @@ def _run(args: argparse.Namespace, etl_flow: Flow) -> int:
 
 
 def _remove_unfinished(output: str) -> None:
-    """Remove the temporary files of the output's and its state file's writes that a stop cut short."""
+    """Remove the temporary files of the output's and its state file's writes that a stop cut short.
+    A database rolls back what a stop cut short by itself."""
+    if database.is_database(output):
+        return
     sink.remove_unfinished(output)
     sink.remove_unfinished(state.state_path(output), follow=False)
 

@@ -13,7 +13,7 @@ from prefect import Flow
 from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalExecutor
 
 import etl
-from etl import config, errors, logs
+from etl import config, database, errors, logs
 from etl.diagram import FORMATS
 from etl.errors import PROG, Explained, SettingError, UrlError
 from etl.headers import Headers, parse_header, parse_header_env
@@ -70,6 +70,14 @@ def _url(text: str) -> str:
     return text
 
 
+def _table(text: str) -> str:
+    """An argparse type: a table name we load into."""
+    try:
+        return database.check_table_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> config.Parser:
     """The one table of options: their names, types and defaults, whatever the source of a value."""
     parser = config.Parser(
@@ -81,7 +89,14 @@ def _parser() -> config.Parser:
     add = parser.add_argument
     add("--url", action="append", type=_url, metavar="URL",
         help=f"source of the todos; repeat to fetch several in parallel (default: {API_URL})")
-    add("--output", default=OUTPUT, metavar="PATH", help="file to write (default: %(default)s)")
+    add("--output", default=OUTPUT, metavar="PATH",
+        help="file to write, or a database to load into: sqlite:///relative/path.db, "
+             "sqlite:////absolute/path.db, postgresql://user@host:port/dbname (default: %(default)s)")
+    add("--table", type=_table, metavar="NAME",
+        help=f"with a database --output, the table to load into (default: {database.TABLE})")
+    add("--load-mode", choices=database.MODES,
+        help="with a database --output: replace the table's rows, or merge (insert or update by "
+             f'"ID", never delete) (default: {database.REPLACE})')
     add("--once", action="store_true", help="run once now instead of on the schedule")
     add("--demo", action="store_true",
         help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
@@ -194,7 +209,22 @@ def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, 
     if args.retry_delay is None:
         args.retry_delay = 1.0 if args.demo else RETRY_DELAY
     args.urls = args.url or [API_URL]
+    args.table = _database(parser, args)
     return args
+
+
+def _database(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[database.Table]:
+    """The table of a database --output (its URL checked, a sqlite path made absolute); None for a file."""
+    if not database.is_database(args.output):
+        for name, value in {"--table": args.table, "--load-mode": args.load_mode}.items():
+            if value is not None:
+                parser.error(f"{name} needs a database --output (sqlite:///... or postgresql://...)")
+        return None
+    try:
+        args.output = database.check_output(args.output)
+    except ValueError as exc:
+        parser.error(f"argument --output: {exc}")
+    return database.Table(args.table or database.TABLE, args.load_mode or database.REPLACE)
 
 
 def _headers(parser: argparse.ArgumentParser, fixed: List[str], from_env: List[str]) -> Optional[Headers]:

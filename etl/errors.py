@@ -44,6 +44,10 @@ class SinkError(Explained):
     """The output could not be written."""
 
 
+class DatabaseDown(SinkError):
+    """The database could not be reached, was busy, or dropped the connection; worth retrying."""
+
+
 class SettingError(Explained):
     """A setting cannot be used where the run needs it (an unset environment variable); retrying
     will not help."""

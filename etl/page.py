@@ -51,6 +51,7 @@ def render(code: int, health: dict, runs: List[dict], svg: str, refresh: int) ->
     """The page; every value in it is escaped, the URLs were masked before they got here."""
     status = health["status"]
     sources = ", ".join(runs[0].get("urls", [])) if runs else ""
+    output = runs[0].get("output", "") if runs else ""
     rows = "\n".join(_row(run) for run in runs) or '<tr><td colspan="6">No runs yet.</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -68,6 +69,7 @@ def render(code: int, health: dict, runs: List[dict], svg: str, refresh: int) ->
 <tr><th>Last success</th><td>{_e(_when(health["last_success"]) or "none since the service started")}</td></tr>
 <tr><th>Next run</th><td>{_e(_when(health["next_run"]) or "not scheduled")}</td></tr>
 <tr><th>Sources</th><td>{_e(sources)}</td></tr>
+<tr><th>Output</th><td>{_e(output)}</td></tr>
 </table>
 <h2>The flow, coloured by the last run</h2>
 {svg}

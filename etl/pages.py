@@ -11,6 +11,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import prefect
 
+from etl import database
+from etl.database import Table
 from etl.errors import PayloadError, SourceError, UrlError
 from etl.headers import Headers, mask_values, same_origin
 from etl.records import validate
@@ -171,8 +173,12 @@ class Progress:
         return self.failed + succeeded
 
 
-def start(urls: List[str], output: Optional[str], failed: int = 0) -> Progress:
+def start(urls: List[str], output: Optional[str], failed: int = 0, table: Optional[Table] = None) -> Progress:
     """A walk for each source, after `failed` failed runs; with output, the walks ask whether each
-    page changed since the run that wrote output (if output still holds what that run wrote)."""
-    last = read_last(output) if output else None
+    page changed since the run that wrote output (if output still holds what that run wrote; for
+    a database, what it loaded into table)."""
+    if output and database.is_database(output):
+        last = database.read_last(output, table or Table())
+    else:
+        last = read_last(output) if output else None
     return Progress([Walk(url, last.pages.get(url, {}) if last else {}, url) for url in urls], failed)

@@ -14,6 +14,7 @@ from prefect import Flow
 from prefect.engine.state import State
 from prefect.executors import Executor, LocalExecutor
 
+from etl.database import is_database
 from etl.errors import Explained, error
 from etl.sink import append_line
 from etl.source import mask_url
@@ -78,7 +79,8 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
              scheduled: Optional[pendulum.DateTime] = None) -> Tuple[dict, State]:
     """Run the flow once now; a summary of the run (see --history) and the flow's state."""
     started = pendulum.now("utc")
-    before = _identity(_output(flow))
+    output = _output(flow)
+    before = _identity(output)
     param = urls[0] if len(urls) == 1 and not _is_mapped(flow) else urls
     with no_gc():  # a run's data is freed by reference counting; collect after it, not during
         state = flow.run(parameters={"parametro_url": param}, run_on_schedule=False,
@@ -95,10 +97,13 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
         "attempts": sum(s.context.get("attempts", 0) for s in extracts),
         "pages": sum(len(pages_of(s.result)) for s in extracts if s.is_successful()),
         "urls": [mask_url(u) for u in urls],
+        "output": mask_url(output),
     }
     # load left the output alone when it was unchanged; else the output here must be a new file.
-    after = _identity(_output(flow))
-    if state.is_successful() and (after is None or (summary["changed"] and after == before)):
+    # (A database is the same for every worker.)
+    after = _identity(output)
+    if state.is_successful() and not is_database(output) and (
+            after is None or (summary["changed"] and after == before)):
         summary["state"], summary["records"], summary["changed"] = "Failed", 0, False
         summary["error"] = _unseen_output(flow, state)
     elif not state.is_successful():

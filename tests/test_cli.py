@@ -11,6 +11,7 @@ from conftest import RECORDS_JSON, ROOT, cli, last_line, ok, status
 
 import prefectflow
 from etl.cli import _one_line, make_executor, parse_args
+from etl.database import Table
 
 
 def test_once_writes_the_transformed_records(source, tmp_path):
@@ -214,3 +215,46 @@ def test_the_one_line_log_filter_keeps_an_error_without_a_message():
     except MemoryError:
         record = logging.LogRecord("prefect", logging.ERROR, __file__, 1, "Exception encountered", (), sys.exc_info())
     assert _one_line(record) and record.getMessage() == "Exception encountered MemoryError: "
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--table", "todos"], "--table needs a database --output (sqlite:///... or postgresql://...)"),
+    (["--load-mode", "merge"], "--load-mode needs a database --output (sqlite:///... or postgresql://...)"),
+    (["--output", "sqlite:///t.db", "--load-mode", "upsert"],
+     "argument --load-mode: invalid choice: 'upsert' (choose from 'replace', 'merge')"),
+    *[(["--output", "sqlite:///t.db", "--table", name],
+       f"argument --table: {name!r} is not a table name we load into: use letters, digits and _, not starting with "
+       "a digit, at most 63 characters, not prefectflow_state")
+      for name in ["1x", "a-b", 'x"; DROP TABLE y; --', "", "x" * 64, "prefectflow_state", "sqlite_master", "é"]],
+    (["--output", "mysql://ann:pw@h/db"],
+     "argument --output: mysql://***@h/db: only sqlite:// and postgresql:// outputs are databases; give a file path "
+     "or one of those"),
+    (["--output", "sqlite://host/t.db"],
+     "argument --output: sqlite://host/t.db: write sqlite:///relative/path.db or sqlite:////absolute/path.db"),
+    (["--output", "sqlite:///"],
+     "argument --output: sqlite:///: no database file; write sqlite:///relative/path.db or sqlite:////absolute/path.db"),
+    (["--output", "postgresql://ann:pw@h/db?password=pw2&bogus=1"],
+     'argument --output: postgresql://***@h/db?password=***&bogus=1: not a PostgreSQL connection URI (invalid URI '
+     'query parameter: "bogus")'),
+    (["--output", "postgres://ann:pw@h:x/db"],
+     "argument --output: postgres://***@h:x/db: not a PostgreSQL connection URI (port 'x')"),
+])
+def test_bad_database_usage_exits_2_before_anything_runs(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        prefectflow.main(["--once", "--url", "http://127.0.0.1:1/", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert last_line(err) == f"prefectflow.py: error: {message}"
+    assert "pw" not in err.replace("password", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_sqlite_path_is_made_absolute_and_the_table_defaults_to_todos(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(["--output", "sqlite:///out/t.db"])
+    assert (args.output, args.table) == (f"sqlite:///{tmp_path}/out/t.db", Table("todos", "replace"))
+    assert parse_args(["--output", "sqlite:////abs/t.db", "--table", "T_1", "--load-mode", "merge"]).table == Table(
+        "T_1", "merge")
+    assert parse_args(["--output", "postgresql:///db"]).output == "postgresql:///db"
+    assert parse_args([]).table is None

@@ -30,8 +30,9 @@ def test_three_runs_with_failures_keep_the_last_good_output(source, tmp_path):
     assert "error" not in runs[1]
     assert all(r["urls"] == [url] for r in runs)
     assert [(r["changed"], r["pages"]) for r in runs] == [(False, 0), (True, 1), (False, 0)]
-    assert sorted(runs[0]) == ["attempts", "changed", "error", "finished", "pages", "records", "scheduled",
+    assert sorted(runs[0]) == ["attempts", "changed", "error", "finished", "output", "pages", "records", "scheduled",
                                "started", "state", "urls"]
+    assert runs[0]["output"] == str(out)
     scheduled = [pendulum.parse(r["scheduled"]) for r in runs]
     gaps = [(b - a).total_seconds() for a, b in zip(scheduled, scheduled[1:])]
     assert all(gap >= 1 and gap == int(gap) for gap in gaps), gaps  # on the 1 s grid, a slot skipped at most

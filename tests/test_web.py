@@ -165,7 +165,7 @@ def test_the_status_page_in_headless_chromium(service, source, tmp_path):
     masked = url.replace("s3cret", "***")
     assert "s3cret" not in dom and "<script" not in dom
     assert text.startswith("prefectflow: ok Health ok (HTTP 200; 503 after 3 s without")
-    assert f"Sources {masked} The flow, coloured by the last run " in text
+    assert f"Sources {masked} Output {tmp_path / 'datos.json'} The flow, coloured by the last run " in text
     drawn = text.split(" The flow, coloured by the last run ")[1].split(" The last ")[0]
     assert sorted(drawn.split()) == ["extract", "load", "parametro_url", "records", "records", "transform", "url"]
     assert "Start State Records Attempts Duration Error" in text
