@@ -212,7 +212,7 @@ def can_unshare(*namespaces):
         return False
 
 
-def cli(*args, cwd=None, env=None, timeout=120):
+def cli(*args, cwd=None, env=None, timeout=300):
     """Run prefectflow.py in a subprocess; the finished process, output as text."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)],
@@ -246,7 +246,7 @@ def caught_writing(proc, output, deadline=180):
     raise AssertionError(f"no write to {output} within {deadline} s")
 
 
-def wait_for(condition, what, deadline=60):
+def wait_for(condition, what, deadline=180):
     """condition()'s first true value, asked until the deadline."""
     end = time.monotonic() + deadline
     while not (value := condition()):

@@ -252,7 +252,7 @@ def dask_cluster_in(tmp_path, worker_prefix=()):
                                    "--nthreads", "4", "--no-dashboard", "--host", "127.0.0.1"],
                                   stdout=log, stderr=log, cwd=tmp_path / "workers"))
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while "Registered to" not in (tmp_path / "dask.log").read_text():
             assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
             time.sleep(0.1)
