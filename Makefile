@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# make test runs the suite in this many processes (pytest-xdist); plain pytest runs it in one.
+TEST_WORKERS ?= 4
 
 .PHONY: demo test lock bench clean
 
@@ -9,7 +11,7 @@ demo: $(VENV)/.run
 	$(PY) prefectflow.py --demo
 
 test: $(VENV)/.dev
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # The build lock goes in first: pendulum 2.1.2 is built from source with it (see requirements-build.in).
 $(VENV)/.run: requirements-build.txt requirements.txt

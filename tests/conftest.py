@@ -92,8 +92,9 @@ def huge(size):
 def redirect(location, code=302, inflates_to=0):
     """Redirect to location with a gzip body of inflates_to zero bytes, sent one byte short of its
     Content-Length: a client that reads the body waits for that byte until it gives up."""
+    body = gzip_zeros(inflates_to)  # made once, here: compressing it must not delay the answer
+
     def act(handler):
-        body = gzip_zeros(inflates_to)
         handler.send_response(code)
         handler.send_header("Location", location)
         handler.send_header("Content-Encoding", "gzip")
@@ -219,7 +220,7 @@ def can_unshare(*namespaces):
         return False
 
 
-def cli(*args, cwd=None, env=None, timeout=120):
+def cli(*args, cwd=None, env=None, timeout=300):
     """Run prefectflow.py in a subprocess; the finished process, output as text."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)],
@@ -239,7 +240,7 @@ def good_output(tmp_path):
     return path
 
 
-def caught_writing(proc, output, deadline=60):
+def caught_writing(proc, output, deadline=180):
     """Wait until proc has a temporary file beside output (True), or has replaced output or ended
     before one was seen (False): on a busy machine the write can come and go between two looks."""
     inode = output.stat().st_ino if output.exists() else None
@@ -253,7 +254,7 @@ def caught_writing(proc, output, deadline=60):
     raise AssertionError(f"no write to {output} within {deadline} s")
 
 
-def wait_for(condition, what, deadline=60):
+def wait_for(condition, what, deadline=180):
     """condition()'s first true value, asked until the deadline."""
     end = time.monotonic() + deadline
     while not (value := condition()):

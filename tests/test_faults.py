@@ -60,23 +60,22 @@ def test_an_unknown_host(good_output):
 
 
 def test_a_source_that_never_answers_is_cut_off_by_the_timeout(source, good_output):
-    url = source.add("/todos", hang(10))
-    started = time.monotonic()
+    """The source says nothing until the test ends: the run ends only if it cuts the source off."""
+    url = source.add("/todos", hang(600))
     result = cli(*FAST, "--retries", 1, "--timeout", 0.3, "--url", url, "--output", good_output)
     assert failed_with(result, f"extract failed after 2 attempts: {url} did not answer within --timeout 0.3 s",
                        good_output)
     assert source.hits("/todos") == 2
-    assert time.monotonic() - started < 8
 
 
 @pytest.mark.parametrize("answer", [trickle(total=10_000, every=0.05), slow_headers(every=0.3)],
                          ids=["its body", "its headers"])
 def test_a_source_that_trickles_is_cut_off_by_the_deadline(source, good_output, answer):
+    """The source keeps sending, never within --timeout of its last byte, for longer than cli() waits:
+    the run ends only if the deadline cuts it off."""
     url = source.add("/todos", answer)
-    started = time.monotonic()
     result = cli(*FAST, "--retries", 0, "--timeout", 1, "--deadline", 0.5, "--url", url, "--output", good_output)
     assert failed_with(result, f"extract failed: {url} did not finish within --deadline 0.5 s", good_output)
-    assert time.monotonic() - started < 8
 
 
 def test_a_body_that_is_not_json_is_retried_then_fails(source, good_output):
@@ -110,7 +109,7 @@ def test_redirects_are_followed_and_each_hop_is_logged_masked(source, tmp_path):
 def test_a_redirect_body_over_max_bytes_is_not_read(source, tmp_path):
     source.add("/todos", ok())
     url = source.add("/old", redirect("/todos", inflates_to=50 * 2**20))
-    result = cli(*FAST, "--retries", 0, "--timeout", 2, "--max-bytes", 2**20, "--url", url,
+    result = cli(*FAST, "--retries", 0, "--timeout", 10, "--max-bytes", 2**20, "--url", url,
                  "--output", tmp_path / "datos.json")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "datos.json").read_bytes() == RECORDS_JSON

@@ -237,31 +237,26 @@ def test_one_failing_source_fails_the_run_and_writes_nothing(source, good_output
     assert good_output.read_bytes() == RECORDS_JSON
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def dask_cluster_in(tmp_path, worker_prefix=()):
     """A Dask scheduler and a worker, as separate processes on 127.0.0.1; the worker runs in a
-    folder of its own outside the project, as a real cluster's would."""
+    folder of its own outside the project, as a real cluster's would. The scheduler takes a free
+    port itself and writes its address to a file, where the worker and the test read it."""
     bin_dir = Path(sys.executable).parent
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    scheduler_file = tmp_path / "scheduler.json"
     (tmp_path / "workers").mkdir()
     log = (tmp_path / "dask.log").open("w")
-    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port",
-                               address.rsplit(":", 1)[1], "--no-dashboard"], stdout=log, stderr=log)]
-    procs.append(subprocess.Popen([*worker_prefix, bin_dir / "dask", "worker", address, "--nthreads", "4",
-                                   "--no-dashboard", "--host", "127.0.0.1"],
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", scheduler_file], stdout=log, stderr=log)]
+    procs.append(subprocess.Popen([*worker_prefix, bin_dir / "dask", "worker", "--scheduler-file", scheduler_file,
+                                   "--nthreads", "4", "--no-dashboard", "--host", "127.0.0.1"],
                                   stdout=log, stderr=log, cwd=tmp_path / "workers"))
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while "Registered to" not in (tmp_path / "dask.log").read_text():
             assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()
             time.sleep(0.1)
-        yield address
+        yield json.loads(scheduler_file.read_text())["address"]
     finally:
         for proc in procs:
             proc.terminate()

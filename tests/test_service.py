@@ -72,7 +72,7 @@ def test_a_signal_stops_it_with_one_line(source, good_output, signum, code, mome
          "--output", good_output, "--history", log],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Waiting: the first run is in the history. Running: the second run's request has arrived.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while not (log.exists() and log.read_text()) or (moment == "running" and source.hits("/todos") < 2):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
@@ -145,19 +145,19 @@ def test_a_history_file_that_cannot_be_written_is_refused_before_any_run(source,
 
 
 def test_a_signal_does_not_wait_for_threads_blocked_on_sources(source, good_output):
-    urls = [source.add(f"/hang{i}", hang(30)) for i in range(3)]
-    proc = subprocess.Popen([sys.executable, SCRIPT, "--once", "--timeout", "20", "--output", good_output,
+    """The sources say nothing until the test ends, and --timeout is longer: the run stops at once
+    only if it does not wait for the threads that read them."""
+    urls = [source.add(f"/hang{i}", hang(600)) for i in range(3)]
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--once", "--timeout", "600", "--output", good_output,
                              *[a for u in urls for a in ("--url", u)]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180
     while sum(source.hits(f"/hang{i}") for i in range(3)) < 3:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
-    stopped = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
+    _, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stderr) == (143, "prefectflow.py: stopped by SIGTERM\n")
-    assert time.monotonic() - stopped < 5
     assert good_output.read_bytes() == RECORDS_JSON
 
 
