@@ -15,6 +15,7 @@ from prefect.engine.state import State
 from prefect.executors import Executor, LocalExecutor
 
 from etl.errors import Explained, error
+from etl.schedule import COUNTED, slots_between
 from etl.sink import append_line
 from etl.source import mask_url
 from etl.state import pages_of
@@ -86,7 +87,7 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
     finished = pendulum.now("utc")
     loads, extracts = _task_states(flow, state, "load"), _task_states(flow, state, "extract")
     summary = {
-        "scheduled": (scheduled or started).isoformat(),
+        "scheduled": (scheduled or started).in_tz("utc").isoformat(),
         "started": started.isoformat(),
         "finished": finished.isoformat(),
         "state": "Success" if state.is_successful() else "Failed",
@@ -260,11 +261,12 @@ def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = N
         following = schedule.next(1, after=slot)[0]
         slot = max(following, schedule.next(1, after=clock.now())[0])
         if slot > following:
-            missed = round((slot - following).total_seconds() / schedule.clocks[0].interval.total_seconds())
+            missed = slots_between(schedule, following, slot)
+            count = str(missed) if missed < COUNTED else f"at least {missed}"
             if clock.jumps == jumps:
-                log.warning("The run took longer than the interval: skipping %d missed slot(s)", missed)
+                log.warning("The run took longer than the interval: skipping %s missed slot(s)", count)
             else:
-                log.warning("Skipping %d slot(s) the clock jumped over", missed)
+                log.warning("Skipping %s slot(s) the clock jumped over", count)
 
 
 def append_history(history: Optional[str], summary: dict) -> None:
