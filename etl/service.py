@@ -86,13 +86,16 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
                          executor=executor or LocalExecutor())
     finished = pendulum.now("utc")
     loads, extracts = _task_states(flow, state, "load"), _task_states(flow, state, "extract")
+    changed = state.is_successful() and any(s.result is not None for s in loads)
+    # Left alone, the output holds what the run would have written: each page's records.
+    held = sum(page.count for s in extracts if s.is_successful() for page in pages_of(s.result))
     summary = {
         "scheduled": (scheduled or started).in_tz("utc").isoformat(),
         "started": started.isoformat(),
         "finished": finished.isoformat(),
         "state": "Success" if state.is_successful() else "Failed",
-        "records": sum(s.result or 0 for s in loads) if state.is_successful() else 0,
-        "changed": state.is_successful() and any(s.result is not None for s in loads),
+        "records": (sum(s.result or 0 for s in loads) if changed else held) if state.is_successful() else 0,
+        "changed": changed,
         "attempts": sum(s.context.get("attempts", 0) for s in extracts),
         "pages": sum(len(pages_of(s.result)) for s in extracts if s.is_successful()),
         "urls": [mask_url(u) for u in urls],
@@ -104,12 +107,22 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
         summary["error"] = _unseen_output(flow, state)
     elif not state.is_successful():
         summary["error"] = _error(flow, state)
-    unchanged = summary["state"] == "Success" and not summary["changed"]
-    written = "unchanged" if unchanged else f"{summary['records']} records written"
-    log.info("Run started %s (scheduled %s): %s, %s, %d extract attempts, %d pages, %.3f s",
-             summary["started"], summary["scheduled"], summary["state"], written,
-             summary["attempts"], summary["pages"], (finished - started).total_seconds())
+    log.info("Run started %s (scheduled %s): %s, %s, %s, %s, %.3f s",
+             summary["started"], summary["scheduled"], summary["state"], outcome(summary),
+             plural(summary["attempts"], "extract attempt"), plural(summary["pages"], "page"),
+             (finished - started).total_seconds())
     return summary, state
+
+
+def outcome(summary: dict) -> str:
+    """What a run did to the output: "3 records written", or "unchanged (3 records)"."""
+    if summary["state"] == "Success" and not summary["changed"]:
+        return f"unchanged ({plural(summary['records'], 'record')})"
+    return f"{plural(summary['records'], 'record')} written"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _output(flow: Flow) -> str:

@@ -48,11 +48,12 @@ def test_healthz_and_metrics_describe_the_last_run_and_the_next(service, source)
         "prefectflow_runs_total", "prefectflow_extract_attempts_total", "prefectflow_records_written",
         "prefectflow_last_success_timestamp_seconds", "prefectflow_run_duration_seconds_bucket",
         "prefectflow_run_duration_seconds_count", "prefectflow_run_duration_seconds_sum",
-        "prefectflow_next_run_timestamp_seconds"}
+        "prefectflow_next_run_timestamp_seconds", "prefectflow_output_unchanged"}
     assert values[("prefectflow_runs_total", (("state", "success"),))] == 1
     assert values[("prefectflow_runs_total", (("state", "failed"),))] == 0
     assert values[("prefectflow_extract_attempts_total", ())] == 1
     assert values[("prefectflow_records_written", ())] == 3
+    assert values[("prefectflow_output_unchanged", ())] == 0
     assert values[("prefectflow_last_success_timestamp_seconds", ())] == when(run["finished"]).timestamp()
     assert values[("prefectflow_next_run_timestamp_seconds", ())] == when(next_run).timestamp()
     assert values[("prefectflow_run_duration_seconds_count", ())] == 1
