@@ -61,17 +61,16 @@ def build(interval: Optional[float] = None, cron: Optional[str] = None,
     return Schedule(clocks=[IntervalClock(datetime.timedelta(seconds=interval), start_date=start)])
 
 
-def _on_the_clock(when: datetime.datetime) -> pendulum.DateTime:
-    """when, with its UTC offset as a fixed zone. Python compares two times of one zone by their
-    clock readings alone (the two 02:30 of the night the clocks go back would be equal); times of
-    fixed zones compare as instants, and still show the offset they had there."""
-    offset = pendulum.tz.fixed_timezone(int(when.utcoffset().total_seconds()))
-    utc = when.astimezone(datetime.timezone.utc)
-    return pendulum.datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond).in_tz(offset)
+def _on_the_clock(instant: pendulum.DateTime, zone: datetime.tzinfo) -> pendulum.DateTime:
+    """instant as the clocks in zone read it, with their UTC offset as a fixed zone. Python compares
+    two times of one zone by their clock readings alone (the two 02:30 of the night the clocks go
+    back would be equal); times of fixed zones compare as instants, and still show their offset."""
+    offset = int((instant.in_tz(zone).naive() - instant.in_tz("utc").naive()).total_seconds())
+    return instant.in_tz(pendulum.tz.fixed_timezone(offset))
 
 
-def _event(clock: clocks.Clock, when: datetime.datetime) -> clocks.ClockEvent:
-    return clocks.ClockEvent(start_time=_on_the_clock(when), parameter_defaults=clock.parameter_defaults,
+def _event(clock: clocks.Clock, instant: pendulum.DateTime, zone: datetime.tzinfo) -> clocks.ClockEvent:
+    return clocks.ClockEvent(start_time=_on_the_clock(instant, zone), parameter_defaults=clock.parameter_defaults,
                              labels=clock.labels)
 
 
@@ -95,7 +94,7 @@ class IntervalClock(clocks.IntervalClock):
                 continue
             if self.end_date and when > self.end_date:
                 return
-            yield _event(self, when.in_tz(start.tz))
+            yield _event(self, _utc(when), start.tz)
 
 
 class CronClock(clocks.CronClock):
@@ -142,7 +141,7 @@ class CronClock(clocks.CronClock):
                     last = when
                     if self.end_date and when > self.end_date:
                         return
-                    yield _event(self, when.in_tz(zone))
+                    yield _event(self, when, zone)
 
 
 def _instants(zone: datetime.tzinfo, wall: datetime.datetime) -> List[pendulum.DateTime]:
@@ -150,15 +149,17 @@ def _instants(zone: datetime.tzinfo, wall: datetime.datetime) -> List[pendulum.D
     one repeated."""
     found = []
     for rule in (pendulum.PRE_TRANSITION, pendulum.POST_TRANSITION):
-        when = zone.convert(wall, dst_rule=rule)
-        instant = _utc(when)
-        if when.replace(tzinfo=None) == wall and instant not in found:
+        instant = _utc(zone.convert(wall, dst_rule=rule))
+        if instant.in_tz(zone).naive() == wall and instant not in found:
             found.append(instant)
     return sorted(found)
 
 
 def _utc(when: datetime.datetime) -> pendulum.DateTime:
-    """when in UTC (pendulum.instance would read its clock time again, and lose which of two it is)."""
+    """when in UTC: pendulum's own times by pendulum, others (zone.convert's, which know which of two
+    equal clock readings they are, where pendulum.instance would read the clock again) by astimezone."""
+    if isinstance(when, pendulum.DateTime):
+        return when.in_tz("utc")
     utc = when.astimezone(datetime.timezone.utc)
     return pendulum.datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond)
 
