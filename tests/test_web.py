@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import requests
-from conftest import cli, ok, status, wait_for
+from conftest import cached, cli, ok, status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 CHROMIUM = shutil.which("chromium")
@@ -175,3 +175,19 @@ def test_the_status_page_in_headless_chromium(service, source, tmp_path):
     assert text.endswith(f"extract failed: {masked} answered HTTP 503 Service Unavailable "
                          "This page reloads every 5 s. Also: healthz, metrics.")
     assert dom.count('fill="#28a745"') == 4  # the diagram: every task green, after a success
+
+
+def test_after_an_unchanged_run_the_page_and_metrics_count_what_the_output_holds(service, source):
+    url = source.add("/todos", cached(ETag='"v1"'))
+    running = service("--interval", 1, "--url", url)
+    first, second = running.runs(2)[:2]
+    assert [(r["changed"], r["records"]) for r in (first, second)] == [(True, 3), (False, 3)]
+    values = wait_for(lambda: (v := metrics(running))[("prefectflow_runs_total", (("state", "success"),))] >= 2 and v,
+                      "two runs in /metrics")
+    page = get(running, "/").text
+    running.stop()  # no more runs: the newest lines of the page and the metrics are the second run's or later
+    assert values[("prefectflow_records_written", ())] == 3  # not 0: the output still holds 3
+    assert values[("prefectflow_output_unchanged", ())] == 1
+    assert '<td class="good">Success</td><td class="num">3</td><td>unchanged</td>' in page
+    assert '<td class="good">Success</td><td class="num">3</td><td>replaced</td>' in page
+    assert "1 pages" not in running.log.read_text() and ", 1 page, " in running.log.read_text()
