@@ -52,12 +52,14 @@ def check_cron(expression: str) -> str:
 
 def build(interval: Optional[float] = None, cron: Optional[str] = None,
           start_date: Optional[datetime.datetime] = None) -> Schedule:
-    """The flow's schedule: every interval seconds from start_date, or at cron's times after it.
+    """The flow's schedule: every interval seconds from start_date, or at cron's times after it
+    (without one: from 2019-01-01 UTC, as Prefect's, or from now).
     start_date's zone is the schedule's: cron's times are read on its clocks, and an interval of
     whole days keeps its time of day there; the times come out with that zone's UTC offset."""
-    start = pendulum.instance(start_date or pendulum.now("utc"))
     if cron:
-        return Schedule(clocks=[CronClock(cron, start_date=start)])
+        return Schedule(clocks=[CronClock(cron, start_date=start_date or pendulum.now("utc"))])
+    # Without a start date, Prefect's grid: from 2019-01-01 00:00 UTC.
+    start = pendulum.instance(start_date or pendulum.datetime(2019, 1, 1))
     return Schedule(clocks=[IntervalClock(datetime.timedelta(seconds=interval), start_date=start)])
 
 
