@@ -220,8 +220,11 @@ def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, 
     if args.interval is None and not args.cron:
         args.interval = INTERVAL
     # The longest wait between two runs: what /healthz allows three of, and the status page reloads by.
-    args.period = args.interval or schedule.longest_gap(
-        schedule.build(cron=args.cron, start_date=pendulum.now(args.timezone)), pendulum.now("utc"))
+    try:
+        args.period = args.interval or schedule.longest_gap(
+            schedule.build(cron=args.cron, start_date=pendulum.now(args.timezone)), pendulum.now("utc"))
+    except ValueError as exc:
+        parser.error(f"--cron {args.cron!r} in --timezone {args.timezone}: {exc}")
     if args.stale_after is None:
         args.stale_after = STALE_AFTER_INTERVALS * args.period
     if args.retry_delay is None:

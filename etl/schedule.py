@@ -22,6 +22,7 @@ pytzdata.set_directory(os.path.join(os.path.dirname(pytz.__file__), "zoneinfo"))
 
 FIELDS = "minute hour day-of-month month day-of-week"
 COUNTED = 10_000  # most slots counted one by one when a long run or a clock jump skips them
+YEARS = 50  # how far ahead a cron expression's next time is looked for, as croniter does
 
 
 def check_zone(name: str) -> str:
@@ -125,9 +126,11 @@ class CronClock(clocks.CronClock):
         times = croniter(self.cron, wall - (same[-1] - same[0] if same else datetime.timedelta()),
                          day_or=self.day_or)
         pending: List[pendulum.DateTime] = []  # in UTC, soonest first
-        last = after
+        last, horizon = after, wall + datetime.timedelta(days=366 * YEARS)
         while True:
             wall = times.get_next(datetime.datetime)
+            if wall > horizon:  # an expression that matches only times the clocks skip
+                return
             found = _instants(zone, wall)
             if not found:  # the clocks jumped over it
                 jump = _jump(zone, wall)
@@ -180,13 +183,14 @@ def _jump(zone: datetime.tzinfo, wall: datetime.datetime) -> pendulum.DateTime:
 
 
 def upcoming(schedule: Schedule, after: datetime.datetime) -> Iterator[pendulum.DateTime]:
-    """The schedule's times after `after`, without end."""
+    """The schedule's times after `after`, without end: asked a few at first, then more at a time."""
+    chunk = 10
     while True:
-        times = schedule.next(1000, after=after)
+        times = schedule.next(chunk, after=after)
         if not times:
             return
         yield from times
-        after = times[-1]
+        after, chunk = times[-1], min(chunk * 10, 1000)
 
 
 def next_times(schedule: Schedule, count: int, after: datetime.datetime) -> List[pendulum.DateTime]:
@@ -203,6 +207,9 @@ def slots_between(schedule: Schedule, first: pendulum.DateTime, end: pendulum.Da
 
 
 def longest_gap(schedule: Schedule, after: datetime.datetime, count: int = 20) -> float:
-    """The longest time between two of the schedule's next `count` times, in seconds."""
+    """The longest time between two of the schedule's next `count` times, in seconds; ValueError if
+    it has fewer than two in the next YEARS years."""
     times = next_times(schedule, count, after)
+    if len(times) < 2:
+        raise ValueError(f"it runs {'once' if times else 'never'} in the next {YEARS} years")
     return max((b - a).total_seconds() for a, b in zip(times, times[1:]))
