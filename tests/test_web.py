@@ -169,8 +169,8 @@ def test_the_status_page_in_headless_chromium(service, source, tmp_path):
     assert f"Sources {masked} The flow, coloured by the last run " in text
     drawn = text.split(" The flow, coloured by the last run ")[1].split(" The last ")[0]
     assert sorted(drawn.split()) == ["extract", "load", "parametro_url", "records", "records", "transform", "url"]
-    assert "Start State Records Attempts Duration Error" in text
-    assert (f"{when(second['started']):%Y-%m-%d %H:%M:%S} UTC Success 3 1" in text)
+    assert "Start State Records Output Attempts Duration Error" in text
+    assert (f"{when(second['started']):%Y-%m-%d %H:%M:%S} UTC Success 3 replaced 1" in text)
     assert (f"{when(first['started']):%Y-%m-%d %H:%M:%S} UTC Failed 0 1" in text)
     assert text.endswith(f"extract failed: {masked} answered HTTP 503 Service Unavailable "
                          "This page reloads every 5 s. Also: healthz, metrics.")
