@@ -171,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         deadline=args.deadline, max_bytes=args.max_bytes, output=args.output,
         interval=args.interval or INTERVAL, cron=args.cron,
-        start_date=pendulum.now(args.timezone).start_of("second"),  # the first run: now, the next ones on whole seconds
+        start_date=pendulum.now(args.timezone),
         allow_empty=args.allow_empty, mapped=len(args.urls) > 1, paginate=args.paginate,
         max_pages=args.max_pages, headers=args.headers, conditional=args.conditional,
     )
