@@ -18,9 +18,8 @@ import pendulum
 import prefect
 from prefect import Flow, Parameter, task, unmapped
 from prefect.engine.signals import LOOP
-from prefect.schedules import IntervalSchedule
 
-from etl import cli, database, demo, diagram, lock, pages, postgres, service, sink, sqlite, state
+from etl import cli, database, demo, diagram, lock, pages, postgres, schedule, service, sink, sqlite, state
 from etl.database import Table
 from etl.errors import DatabaseDown, PayloadError, SourceError, error, say
 from etl.headers import Headers
@@ -135,6 +134,7 @@ def build_flow(
     output: str = OUTPUT,
     interval: float = INTERVAL,
     start_date: Optional[datetime.datetime] = None,
+    cron: Optional[str] = None,
     allow_empty: bool = False,
     mapped: bool = False,
     paginate: bool = False,
@@ -143,7 +143,9 @@ def build_flow(
     conditional: bool = True,
     table: Optional[Table] = None,
 ) -> Flow:
-    """etl_flow: parametro_url -> extract -> transform -> load, every `interval` seconds.
+    """etl_flow: parametro_url -> extract -> transform -> load, every `interval` seconds from
+    start_date, or at the times of the 5-field `cron` expression after it; on the clocks of
+    start_date's time zone (etl.schedule).
 
     mapped=True fetches a list of urls with extract.map (each with its own retries)
     and joins them in a concat task before transform. conditional=True asks each source whether it
@@ -164,8 +166,7 @@ def build_flow(
         if retries:  # a database that is down, or drops the connection, is retried as a source is
             loading = load.copy(max_retries=retries, retry_delay=datetime.timedelta(seconds=retry_delay),
                                 retry_on={DatabaseDown})
-    schedule = IntervalSchedule(interval=datetime.timedelta(seconds=interval), start_date=start_date)
-    with Flow("etl_flow", schedule=schedule) as flow:
+    with Flow("etl_flow", schedule=schedule.build(interval, cron, start_date)) as flow:
         url = Parameter("parametro_url", required=True)
         if mapped:
             todos = concat(retrying_extract.map(url, **{k: unmapped(v) for k, v in settings.items()}))
@@ -182,22 +183,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns the exit status."""
     args = cli.parse_args(argv)
     cli.setup_logging(args.debug, args.quiet, args.log_format)
-    if args.history:
-        try:
-            os.close(sink.open_append(args.history))
-        except OSError as exc:
-            error(f"cannot write --history {args.history}: {exc.strerror}")
-            return service.EXIT_FAILED
     # On a cluster the workers write the output: a relative path would be theirs, not ours.
     if not database.is_database(args.output):
         args.output = os.path.abspath(args.output)
     etl_flow = build_flow(
         retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         deadline=args.deadline, max_bytes=args.max_bytes, output=args.output,
-        interval=args.interval, start_date=pendulum.now("utc"),
+        interval=args.interval or INTERVAL, cron=args.cron,
+        start_date=pendulum.now(args.timezone),
         allow_empty=args.allow_empty, mapped=len(args.urls) > 1, paginate=args.paginate,
         max_pages=args.max_pages, headers=args.headers, conditional=args.conditional, table=args.table,
     )
+    if args.next:
+        for when in schedule.next_times(etl_flow.schedule, args.next, pendulum.now("utc").subtract(seconds=1)):
+            print(when.isoformat())
+        return service.EXIT_OK
+    if args.history:
+        try:
+            os.close(sink.open_append(args.history))
+        except OSError as exc:
+            error(f"cannot write --history {args.history}: {exc.strerror}")
+            return service.EXIT_FAILED
     try:
         with service.stopped_by_signals(abandon=lambda: _remove_unfinished(args.output)):
             if args.visualize and not args.once:

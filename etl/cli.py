@@ -8,18 +8,19 @@ import warnings
 from typing import Callable, List, Mapping, Optional, Tuple
 
 import cloudpickle
+import pendulum
 import prefect
 from prefect import Flow
 from prefect.executors import DaskExecutor, Executor, LocalDaskExecutor, LocalExecutor
 
 import etl
-from etl import config, database, errors, logs
+from etl import config, database, errors, logs, schedule
 from etl.diagram import FORMATS
 from etl.errors import PROG, Explained, SettingError, UrlError
 from etl.headers import Headers, parse_header, parse_header_env
 from etl.service import Watch, Watches
 from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_SECONDS, MAX_THREADS, OUTPUT,
-                          RETRIES, RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT)
+                          RETRIES, RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT, TIMEZONE)
 from etl.source import check_url
 
 
@@ -78,12 +79,28 @@ def _table(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _cron(text: str) -> str:
+    """An argparse type: a 5-field cron expression that matches some date; the error names it."""
+    try:
+        return schedule.check_cron(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _zone(text: str) -> str:
+    """An argparse type: an IANA time zone; the error names it."""
+    try:
+        return schedule.check_zone(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> config.Parser:
     """The one table of options: their names, types and defaults, whatever the source of a value."""
     parser = config.Parser(
         prog=PROG,
         description="Fetch todos, rename their keys, write them to a JSON file; "
-                    "every --interval seconds until stopped, or once.",
+                    "every --interval seconds or at the --cron times until stopped, or once.",
         epilog="Exit status: 0 success, 1 the run failed, 2 bad usage, 130 SIGINT, 143 SIGTERM.",
     )
     add = parser.add_argument
@@ -102,6 +119,12 @@ def _parser() -> config.Parser:
         help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
     add("--interval", type=_seconds(1), metavar="SECONDS",
         help=f"time between scheduled runs, at least 1 (default: {INTERVAL:g})")
+    add("--cron", type=_cron, metavar='"EXPR"',
+        help='run at the times of this 5-field cron expression instead, such as "*/15 * * * *"')
+    add("--timezone", type=_zone, metavar="ZONE",
+        help=f"IANA time zone the schedule's times are read in, such as Europe/Madrid (default: {TIMEZONE})")
+    add("--next", type=_greater_than(int, 0), metavar="N",
+        help="print the schedule's next N start times and exit, without running")
     add("--runs", type=_greater_than(int, 0), metavar="N",
         help="stop after N scheduled runs (default: never)")
     add("--history", metavar="PATH", help="append a JSON line per run to this file")
@@ -110,7 +133,8 @@ def _parser() -> config.Parser:
              "port and logs it (default: none)")
     add("--stale-after", type=_seconds(0, strictly=True), metavar="SECONDS",
         help=f"/healthz answers 503 once no run has succeeded for this long "
-             f"(default: {STALE_AFTER_INTERVALS} x --interval)")
+             f"(default: {STALE_AFTER_INTERVALS} x --interval; with --cron, {STALE_AFTER_INTERVALS} x the longest "
+             "time between two of its next runs)")
     add("--notify", action="append", type=_url, metavar="URL",
         help="POST a JSON message to URL when runs start failing and when they recover; repeatable")
     add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
@@ -173,10 +197,15 @@ def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, 
     if args.demo and args.url:
         conflict("--demo", "--url")
     if args.once:  # the options of the schedule
-        for name, value in {"--runs": args.runs, "--interval": args.interval, "--listen": args.listen,
+        for name, value in {"--runs": args.runs, "--interval": args.interval, "--cron": args.cron,
+                            "--timezone": args.timezone, "--next": args.next, "--listen": args.listen,
                             "--stale-after": args.stale_after, "--notify": args.notify}.items():
             if value is not None:
                 conflict("--once" if not args.demo else "--demo", name)
+    if args.cron and args.interval is not None:
+        conflict("--cron", "--interval")
+    if args.next and args.visualize:
+        conflict("--next", "--visualize")
     if args.stale_after is not None and not args.listen:
         parser.error("--stale-after needs --listen")
     if args.debug and args.quiet:
@@ -202,10 +231,17 @@ def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, 
         parser.error("--max-pages needs --paginate")
     args.max_pages = args.max_pages or MAX_PAGES
     args.headers = _headers(parser, args.header, args.header_env)
-    if args.interval is None:
+    args.timezone = args.timezone or TIMEZONE
+    if args.interval is None and not args.cron:
         args.interval = INTERVAL
+    # The longest wait between two runs: what /healthz allows three of, and the status page reloads by.
+    try:
+        args.period = args.interval or schedule.longest_gap(
+            schedule.build(cron=args.cron, start_date=pendulum.now(args.timezone)), pendulum.now("utc"))
+    except ValueError as exc:
+        parser.error(f"--cron {args.cron!r} in --timezone {args.timezone}: {exc}")
     if args.stale_after is None:
-        args.stale_after = STALE_AFTER_INTERVALS * args.interval
+        args.stale_after = STALE_AFTER_INTERVALS * args.period
     if args.retry_delay is None:
         args.retry_delay = 1.0 if args.demo else RETRY_DELAY
     args.urls = args.url or [API_URL]
@@ -281,7 +317,7 @@ def make_watch(args: argparse.Namespace, flow: Flow) -> Watch:
     watches: List[Watch] = []
     if args.listen:
         state, counts = status.Status(args.stale_after, args.history), metrics.Metrics()
-        refresh = round(min(max(args.interval, 5), 60))  # seconds between reloads of the status page
+        refresh = round(min(max(args.period, 5), 60))  # seconds between reloads of the status page
         web.start(*args.listen, state, counts, flow, refresh)
         watches += [state, counts]
     if args.notify:

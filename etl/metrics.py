@@ -27,8 +27,12 @@ class Metrics(Watch):
             self.runs.labels(state=state)  # both series from the start, at 0
         self.attempts = Counter("prefectflow_extract_attempts", "Extract attempts, retries included.",
                                 registry=registry)
-        self.records = Gauge("prefectflow_records_written", "Records written by the last successful run.",
+        self.records = Gauge("prefectflow_records_written",
+                             "Records the output holds after the last successful run, written or left as they were.",
                              registry=registry)
+        self.unchanged = Gauge("prefectflow_output_unchanged",
+                               "1 if the last successful run left the output as it was, 0 if it replaced it.",
+                               registry=registry)
         self.last_success = Gauge("prefectflow_last_success_timestamp_seconds",
                                   "When the last successful run finished, in Unix time.", registry=registry)
         self.duration = Histogram("prefectflow_run_duration_seconds", "How long each run took.",
@@ -48,6 +52,7 @@ class Metrics(Watch):
         else:
             self.runs.labels(state="success").inc()
             self.records.set(summary["records"])
+            self.unchanged.set(0 if summary["changed"] else 1)
             self.last_success.set(finished.timestamp())
 
     def text(self) -> bytes:

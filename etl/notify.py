@@ -10,7 +10,7 @@ import prefect
 import requests
 from prefect.engine.state import State
 
-from etl.service import Watch
+from etl.service import Watch, outcome
 from etl.source import mask_url, root_cause
 
 log = prefect.utilities.logging.get_logger(__name__)
@@ -51,7 +51,7 @@ class Notifier(Watch):
                     f"(last success: {self.last_success or 'none since the service started'})")
         else:
             state = "recovered"
-            text = f"prefectflow on {self.host}: runs recovered: {summary['records']} records written"
+            text = f"prefectflow on {self.host}: runs recovered: {outcome(summary)}"
         return {"text": text, "state": state, "error": summary.get("error"), "last_success": self.last_success,
                 "urls": summary["urls"], "time": summary["started"]}
 

@@ -52,7 +52,7 @@ def render(code: int, health: dict, runs: List[dict], svg: str, refresh: int) ->
     status = health["status"]
     sources = ", ".join(runs[0].get("urls", [])) if runs else ""
     output = runs[0].get("output", "") if runs else ""
-    rows = "\n".join(_row(run) for run in runs) or '<tr><td colspan="6">No runs yet.</td></tr>'
+    rows = "\n".join(_row(run) for run in runs) or '<tr><td colspan="7">No runs yet.</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -75,7 +75,7 @@ def render(code: int, health: dict, runs: List[dict], svg: str, refresh: int) ->
 {svg}
 <h2>The last {len(runs)} runs, newest first</h2>
 <table class="runs">
-<tr><th>Start</th><th>State</th><th class="num">Records</th><th class="num">Attempts</th><th class="num">Duration</th><th>Error</th></tr>
+<tr><th>Start</th><th>State</th><th class="num">Records</th><th>Output</th><th class="num">Attempts</th><th class="num">Duration</th><th>Error</th></tr>
 {rows}
 </table>
 <p>This page reloads every {refresh} s. Also: <a href="healthz">healthz</a>, <a href="metrics">metrics</a>.</p>
@@ -87,8 +87,16 @@ def render(code: int, health: dict, runs: List[dict], svg: str, refresh: int) ->
 def _row(run: dict) -> str:
     state = str(run.get("state", ""))
     return (f'<tr><td>{_e(_when(run.get("started")))}</td><td class="{_tone(state)}">{_e(state)}</td>'
-            f'<td class="num">{_e(run.get("records", ""))}</td><td class="num">{_e(run.get("attempts", ""))}</td>'
+            f'<td class="num">{_e(run.get("records", ""))}</td><td>{_e(_output(run))}</td>'
+            f'<td class="num">{_e(run.get("attempts", ""))}</td>'
             f'<td class="num">{_e(_duration(run))}</td><td>{_e(run.get("error", ""))}</td></tr>')
+
+
+def _output(run: dict) -> str:
+    """What a successful run did to the output: replaced it, or left it as it was."""
+    if run.get("state") != "Success" or "changed" not in run:
+        return ""
+    return "replaced" if run["changed"] else "unchanged"
 
 
 def _e(value: object) -> str:

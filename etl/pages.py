@@ -133,8 +133,8 @@ class Walk:
         self.next_url = following
         if options.paginate and following is None:
             prefect.context.get("logger", log).info(
-                "Read %s: %d pages (%d unchanged)", mask_url(self.source), len(self.pages),
-                sum(p.start is not None for p in self.pages))
+                "Read %s: %d page%s (%d unchanged)", mask_url(self.source), len(self.pages),
+                "" if len(self.pages) == 1 else "s", sum(p.start is not None for p in self.pages))
 
     def fetched(self, allow_empty: bool) -> Fetched:
         """What the walk read, handed over; PayloadError if it is empty and that is not allowed."""

@@ -16,6 +16,7 @@ from prefect.executors import Executor, LocalExecutor
 
 from etl.database import is_database
 from etl.errors import Explained, error
+from etl.schedule import COUNTED, slots_between
 from etl.sink import append_line
 from etl.source import mask_url
 from etl.state import pages_of
@@ -87,13 +88,16 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
                          executor=executor or LocalExecutor())
     finished = pendulum.now("utc")
     loads, extracts = _task_states(flow, state, "load"), _task_states(flow, state, "extract")
+    changed = state.is_successful() and any(s.result is not None for s in loads)
+    # Left alone, the output holds what the run would have written: each page's records.
+    held = sum(page.count for s in extracts if s.is_successful() for page in pages_of(s.result))
     summary = {
-        "scheduled": (scheduled or started).isoformat(),
+        "scheduled": (scheduled or started).in_tz("utc").isoformat(),
         "started": started.isoformat(),
         "finished": finished.isoformat(),
         "state": "Success" if state.is_successful() else "Failed",
-        "records": sum(s.result or 0 for s in loads) if state.is_successful() else 0,
-        "changed": state.is_successful() and any(s.result is not None for s in loads),
+        "records": (sum(s.result or 0 for s in loads) if changed else held) if state.is_successful() else 0,
+        "changed": changed,
         "attempts": sum(s.context.get("attempts", 0) for s in extracts),
         "pages": sum(len(pages_of(s.result)) for s in extracts if s.is_successful()),
         "urls": [mask_url(u) for u in urls],
@@ -108,12 +112,22 @@ def run_once(flow: Flow, urls: List[str], executor: Optional[Executor] = None,
         summary["error"] = _unseen_output(flow, state)
     elif not state.is_successful():
         summary["error"] = _error(flow, state)
-    unchanged = summary["state"] == "Success" and not summary["changed"]
-    written = "unchanged" if unchanged else f"{summary['records']} records written"
-    log.info("Run started %s (scheduled %s): %s, %s, %d extract attempts, %d pages, %.3f s",
-             summary["started"], summary["scheduled"], summary["state"], written,
-             summary["attempts"], summary["pages"], (finished - started).total_seconds())
+    log.info("Run started %s (scheduled %s): %s, %s, %s, %s, %.3f s",
+             summary["started"], summary["scheduled"], summary["state"], outcome(summary),
+             plural(summary["attempts"], "extract attempt"), plural(summary["pages"], "page"),
+             (finished - started).total_seconds())
     return summary, state
+
+
+def outcome(summary: dict) -> str:
+    """What a run did to the output: "3 records written", or "unchanged (3 records)"."""
+    if summary["state"] == "Success" and not summary["changed"]:
+        return f"unchanged ({plural(summary['records'], 'record')})"
+    return f"{plural(summary['records'], 'record')} written"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _output(flow: Flow) -> str:
@@ -265,11 +279,12 @@ def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = N
         following = schedule.next(1, after=slot)[0]
         slot = max(following, schedule.next(1, after=clock.now())[0])
         if slot > following:
-            missed = round((slot - following).total_seconds() / schedule.clocks[0].interval.total_seconds())
+            missed = slots_between(schedule, following, slot)
+            count = str(missed) if missed < COUNTED else f"at least {missed}"
             if clock.jumps == jumps:
-                log.warning("The run took longer than the interval: skipping %d missed slot(s)", missed)
+                log.warning("The run took longer than the interval: skipping %s missed slot(s)", count)
             else:
-                log.warning("Skipping %d slot(s) the clock jumped over", missed)
+                log.warning("Skipping %s slot(s) the clock jumped over", count)
 
 
 def append_history(history: Optional[str], summary: dict) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 API_URL = "https://jsonplaceholder.cypress.io/todos"
 OUTPUT = "datos.json"
 INTERVAL = 120.0  # seconds between scheduled runs
+TIMEZONE = "UTC"  # the zone of the schedule
 STALE_AFTER_INTERVALS = 3  # /healthz answers 503 once no run has succeeded for this many intervals
 RETRIES = 10
 RETRY_DELAY = 10.0  # seconds

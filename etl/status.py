@@ -41,7 +41,7 @@ class Status(Watch):
 
     def next_run(self, slot: pendulum.DateTime) -> None:
         with self.lock:
-            self.next_slot = slot
+            self.next_slot = pendulum.instance(slot).in_tz("utc")  # shown in UTC, as every other time
 
     def finished(self, summary: dict, state: State) -> None:
         states = _bare(state)

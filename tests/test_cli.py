@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pendulum
 import pytest
 from conftest import RECORDS_JSON, ROOT, cli, last_line, ok, status
 
@@ -60,6 +61,20 @@ def test_once_exits_1_with_one_line_when_the_run_fails(source, good_output):
     (["--visualize", "x.png", "--listen", "127.0.0.1:0"], "--visualize and --listen cannot be used together"),
     (["--visualize", "x.png", "--notify", "http://127.0.0.1:1/"], "--visualize and --notify cannot be used together"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--cron", "* * * * *", "--interval", "60"], "--cron and --interval cannot be used together"),
+    (["--once", "--cron", "* * * * *"], "--once and --cron cannot be used together"),
+    (["--once", "--timezone", "UTC"], "--once and --timezone cannot be used together"),
+    (["--demo", "--next", "3"], "--demo and --next cannot be used together"),
+    (["--next", "3", "--visualize", "x.png"], "--next and --visualize cannot be used together"),
+    (["--next", "0"], "argument --next: must be greater than 0: 0"),
+    (["--cron", "0 0 31 2 *"], "argument --cron: '0 0 31 2 *' never matches a date"),
+    (["--cron", "*/5 * * * * *"],
+     "argument --cron: '*/5 * * * * *' has 6 fields; a cron expression has 5: minute hour day-of-month month day-of-week"),
+    (["--cron", "61 * * * *"],
+     "argument --cron: '61 * * * *' is not a valid cron expression (minute hour day-of-month month day-of-week)"),
+    (["--timezone", "Mars/Olympus"],
+     "argument --timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Europe/Madrid or UTC"),
+    (["--timezone", "europe/madrid"], "argument --timezone: unknown time zone 'europe/madrid'; did you mean Europe/Madrid?"),
     (["--url", "ftp://ann:pw@example.org/todos?token=t0p"],
      "argument --url: ftp://***@example.org/todos?token=***: only http:// and https:// URLs can be fetched"),
     (["--url", "http://127.0.0.1:1/", "--url", "example.org/todos"],
@@ -258,3 +273,32 @@ def test_a_relative_sqlite_path_is_made_absolute_and_the_table_defaults_to_todos
         "T_1", "merge")
     assert parse_args(["--output", "postgresql:///db"]).output == "postgresql:///db"
     assert parse_args([]).table is None
+def test_next_prints_the_cron_times_in_the_zone_and_runs_nothing(source, tmp_path):
+    url = source.add("/todos", ok())
+    before = pendulum.now("Asia/Kolkata")
+    result = cli("--next", 3, "--cron", "0 12 * * *", "--timezone", "Asia/Kolkata", "--url", url,
+                 "--history", "h.jsonl", "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    days = [pendulum.parse(line) for line in lines]
+    assert before < days[0] <= before.add(days=1)
+    assert [line[10:] for line in lines] == ["T12:00:00+05:30"] * 3
+    assert [(b - a).total_seconds() for a, b in zip(days, days[1:])] == [86400, 86400]
+    assert source.hits("/todos") == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_next_prints_the_interval_times_from_now(tmp_path):
+    before = pendulum.now("utc").start_of("second")
+    result = cli("--next", 3, "--interval", 90, cwd=tmp_path)
+    after = pendulum.now("utc")
+    assert (result.returncode, result.stderr) == (0, "")
+    times = [pendulum.parse(line) for line in result.stdout.splitlines()]
+    assert all(line.endswith("+00:00") for line in result.stdout.splitlines())
+    assert before <= times[0] <= after  # the first run starts at once
+    assert [(b - a).total_seconds() for a, b in zip(times, times[1:])] == [90, 90]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_after_with_cron_allows_three_of_its_longest_gaps():
+    assert parse_args(["--listen", "127.0.0.1:0", "--cron", "*/5 * * * *"]).stale_after == 900
+    assert parse_args(["--listen", "127.0.0.1:0", "--cron", "0 8 * * 1-5", "--timezone", "Europe/Madrid"]).stale_after == 3 * 3 * 86400

@@ -30,6 +30,7 @@ def test_metrics_before_any_run():
                           "600.0", "+Inf")},
             ("prefectflow_run_duration_seconds_count", ()): 0, ("prefectflow_run_duration_seconds_sum", ()): 0},
         ("prefectflow_next_run_timestamp_seconds", "gauge"): {("prefectflow_next_run_timestamp_seconds", ()): 0},
+        ("prefectflow_output_unchanged", "gauge"): {("prefectflow_output_unchanged", ()): 0},
     }
 
 
@@ -49,3 +50,16 @@ def test_metrics_count_the_runs_and_keep_the_last_success():
     assert values[("prefectflow_run_duration_seconds_sum", ())] == 2.0  # a second each
     assert values[("prefectflow_run_duration_seconds_bucket", (("le", "0.5"),))] == 0
     assert values[("prefectflow_run_duration_seconds_bucket", (("le", "1.0"),))] == 2
+    assert values[("prefectflow_output_unchanged", ())] == 0
+
+
+def test_after_an_unchanged_run_the_metrics_say_what_the_output_holds_and_that_it_was_left_alone():
+    metrics = Metrics()
+    metrics.finished(summary(0), Success())
+    metrics.finished({**summary(10), "records": 3, "changed": False}, Success())
+    values = {k: v for family in read(metrics).values() for k, v in family.items()}
+    assert values[("prefectflow_records_written", ())] == 3
+    assert values[("prefectflow_output_unchanged", ())] == 1
+    metrics.finished(summary(20), Success())
+    values = {k: v for family in read(metrics).values() for k, v in family.items()}
+    assert values[("prefectflow_output_unchanged", ())] == 0

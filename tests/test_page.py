@@ -22,16 +22,25 @@ def test_the_page_escapes_every_value_and_needs_no_other_file():
     assert "http://127.0.0.1:1/todos?token=***&amp;q=&lt;script&gt;" in page
     assert "<script" not in page and "<b>" not in page
     assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["data:,", "healthz", "metrics"]
-    assert ("<tr><td>2026-01-01 00:00:00 UTC</td><td class=\"bad\">Failed</td><td class=\"num\">0</td>"
+    assert ("<tr><td>2026-01-01 00:00:00 UTC</td><td class=\"bad\">Failed</td><td class=\"num\">0</td><td></td>"
             "<td class=\"num\">1</td><td class=\"num\">1.000 s</td><td>load failed") in page
     assert "<tr><th>Last success</th><td>none since the service started</td></tr>" in page
     assert "<tr><th>Next run</th><td>2026-01-01 00:00:05 UTC</td></tr>" in page
 
 
 def test_a_page_before_any_run_and_with_history_lines_of_any_shape():
-    assert '<tr><td colspan="6">No runs yet.</td></tr>' in render(200, HEALTH, [], "", 5)
+    assert '<tr><td colspan="7">No runs yet.</td></tr>' in render(200, HEALTH, [], "", 5)
     page = render(503, {**HEALTH, "status": "stale"}, [{"state": "Success", "started": "yesterday"}, {}], "", 60)
-    assert "<tr><td>yesterday</td><td class=\"good\">Success</td><td class=\"num\"></td>" in page
+    assert "<tr><td>yesterday</td><td class=\"good\">Success</td><td class=\"num\"></td><td></td>" in page
+
+
+def test_the_records_of_an_unchanged_run_are_what_the_output_holds_and_it_says_unchanged():
+    runs = [{**summary(10), "records": 3, "changed": False}, summary(0)]
+    page = render(200, HEALTH, runs, "", 5)
+    assert ('<td class="good">Success</td><td class="num">3</td><td>unchanged</td>'
+            '<td class="num">1</td>') in page
+    assert ('<td class="good">Success</td><td class="num">3</td><td>replaced</td>'
+            '<td class="num">1</td>') in page
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="needs graphviz's dot program")

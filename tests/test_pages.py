@@ -56,7 +56,7 @@ def test_paginate_joins_every_page_in_order(source, tmp_path):
     (run,) = history(log)
     assert (run["pages"], run["records"], run["changed"]) == (3, 3, True)
     assert f"Read {url}: 3 pages (0 unchanged)" in result.stdout
-    assert "Success, 3 records written, 1 extract attempts, 3 pages" in result.stdout
+    assert "Success, 3 records written, 1 extract attempt, 3 pages" in result.stdout
 
 
 def test_without_paginate_the_links_are_not_followed(source, tmp_path):

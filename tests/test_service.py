@@ -6,9 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+import re
+
 import pendulum
 import pytest
-from conftest import RECORDS_JSON, SCRIPT, caught_writing, cli, hang, history, ok, slow, status
+import requests
+from conftest import RECORDS_JSON, SCRIPT, caught_writing, cli, hang, history, ok, slow, status, wait_for
 
 import prefectflow
 from etl.service import Clock, serve
@@ -182,7 +185,7 @@ class FakeClock(Clock):
         self.mono += seconds
 
 
-def serve_with(clock, source, tmp_path, runs, *actions, interval=120):
+def serve_with(clock, source, tmp_path, runs, *actions, interval=120, cron=None):
     """serve() on a fake clock; each request runs its action, then answers with the todos."""
     def act(action):
         def handle(handler):
@@ -191,7 +194,7 @@ def serve_with(clock, source, tmp_path, runs, *actions, interval=120):
         return handle
     url = source.add("/todos", *map(act, actions))
     log = tmp_path / "runs.jsonl"
-    flow = prefectflow.build_flow(output=str(tmp_path / "d.json"), interval=interval, start_date=clock.start)
+    flow = prefectflow.build_flow(output=str(tmp_path / "d.json"), interval=interval, cron=cron, start_date=clock.start)
     assert serve(flow, [url], runs=runs, history=str(log), clock=clock) == 0
     return [pendulum.parse(r["scheduled"]) for r in history(log)]
 
@@ -238,3 +241,88 @@ def test_a_clock_moved_forward_while_waiting_skips_the_slots_it_jumped_over_as_a
     assert "The system clock jumped forward by 3600 s" in caplog.text
     assert "Skipping 29 slot(s) the clock jumped over" in caplog.text
     assert "took longer than the interval" not in caplog.text
+
+
+def test_cron_runs_only_at_its_times_with_no_run_at_start_up(source, tmp_path, caplog):
+    clock = FakeClock(START.add(seconds=30))
+    scheduled = serve_with(clock, source, tmp_path, 2, lambda: None, cron="*/5 * * * *")
+    assert scheduled == [START.add(minutes=5), START.add(minutes=10)]
+    assert "Waiting for next scheduled run at 2030-01-01T12:05:00+00:00" in caplog.text
+
+
+def test_a_cron_run_longer_than_the_gap_skips_the_times_it_missed(source, tmp_path, caplog):
+    clock = FakeClock(START.add(seconds=30))
+    def long_run():
+        if source.hits("/todos") == 1:
+            clock.mono += 150  # the 12:01 run ends at 12:03:30
+    scheduled = serve_with(clock, source, tmp_path, 2, long_run, cron="* * * * *")
+    assert scheduled == [START.add(minutes=1), START.add(minutes=4)]
+    assert "The run took longer than the interval: skipping 2 missed slot(s)" in caplog.text
+
+
+def test_a_clock_moved_forward_skips_the_cron_times_it_jumped_over_and_back_runs_none_twice(source, tmp_path, caplog):
+    clock = FakeClock(START.add(seconds=30))
+    def jump():
+        if source.hits("/todos") == 1:
+            clock.shift += 3600
+        if source.hits("/todos") == 2:
+            clock.shift -= 7200
+    scheduled = serve_with(clock, source, tmp_path, 3, jump, cron="*/30 * * * *")
+    assert scheduled == [START.add(minutes=30), START.add(minutes=120), START.add(minutes=150)]
+    assert "Skipping 2 slot(s) the clock jumped over" in caplog.text
+    assert "The system clock jumped back by 7200 s" in caplog.text
+
+
+MADRID = "Europe/Madrid"
+
+
+@pytest.mark.parametrize("cron, start, expected", [
+    # An hourly job runs every real hour of the night the clocks go back, the repeated 02:00 too.
+    ("0 * * * *", pendulum.datetime(2027, 10, 31, 0, 30, tz=MADRID),
+     ["2027-10-30T23:00:00+00:00", "2027-10-31T00:00:00+00:00", "2027-10-31T01:00:00+00:00", "2027-10-31T02:00:00+00:00"]),
+    # 02:30 runs at 03:00 (+02:00) the day it does not exist, and at the first of the two 02:30 when it repeats.
+    ("30 2 * * *", pendulum.datetime(2027, 3, 27, 12, tz=MADRID), ["2027-03-28T01:00:00+00:00", "2027-03-29T00:30:00+00:00"]),
+    ("30 2 * * *", pendulum.datetime(2027, 10, 30, 12, tz=MADRID), ["2027-10-31T00:30:00+00:00", "2027-11-01T01:30:00+00:00"]),
+])
+def test_runs_on_the_nights_the_clocks_change(source, tmp_path, cron, start, expected):
+    scheduled = serve_with(FakeClock(start), source, tmp_path, len(expected), lambda: None, cron=cron)
+    assert [when.isoformat() for when in scheduled] == expected
+    assert source.hits("/todos") == len(expected)
+
+
+def test_a_signal_while_waiting_for_a_cron_time_stops_it_with_one_line(source, good_output):
+    log = good_output.parent / "service.log"
+    url = source.add("/todos", ok())
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--cron", "0 0 1 1 *", "--timezone", MADRID, "--url", url,
+                                 "--output", good_output], stdout=out, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: proc.poll() is None and "Waiting for next scheduled run at" in log.read_text(), "the wait")
+    assert re.search(r"Waiting for next scheduled run at 20\d\d-01-01T00:00:00\+01:00\n", log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert (proc.returncode, stderr) == (143, "prefectflow.py: stopped by SIGTERM\n")
+    assert source.hits("/todos") == 0
+    assert good_output.read_bytes() == RECORDS_JSON
+
+
+def test_a_real_cron_run_at_a_minute_boundary_and_what_the_watches_say(source, service, tmp_path):
+    """The one test that waits for the clock: up to a minute for the first run of "* * * * *"."""
+    before = pendulum.now("utc")
+    running = service("--cron", "* * * * *", "--timezone", "Asia/Kolkata", "--url", source.add("/todos", ok()))
+    health = wait_for(lambda: (h := requests.get(running.url + "/healthz", timeout=10).json())["next_run"] and h,
+                      "next run in /healthz")
+    first = pendulum.parse(health["next_run"])
+    assert health["next_run"].endswith("+00:00") and (first.second, first.microsecond) == (0, 0)
+    assert before < first <= before.add(seconds=61)
+    metrics = requests.get(running.url + "/metrics", timeout=10).text
+    assert float(re.search(r"^prefectflow_next_run_timestamp_seconds (\S+)$", metrics, re.M)[1]) == first.timestamp()
+    page = requests.get(running.url + "/", timeout=10).text
+    assert f"<tr><th>Next run</th><td>{first.format('YYYY-MM-DD HH:mm:ss')} UTC</td></tr>" in page
+    (run,) = running.runs(1)
+    assert pendulum.parse(run["scheduled"]) == first and run["scheduled"].endswith("+00:00")
+    assert pendulum.parse(run["started"]) >= first
+    assert source.hits("/todos") == 1  # nothing ran at start-up
+    following = first.add(minutes=1).isoformat()
+    wait_for(lambda: requests.get(running.url + "/healthz", timeout=10).json()["next_run"] == following, "the next run")
+    assert f"Waiting for next scheduled run at {first.add(minutes=1).in_tz('Asia/Kolkata').isoformat()}" in \
+        running.log.read_text()

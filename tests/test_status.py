@@ -15,7 +15,7 @@ START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 def summary(second, error=None):
     """A run's summary, started `second` seconds after START and finished a second later."""
     run = {"scheduled": iso(second), "started": iso(second), "finished": iso(second + 1),
-           "state": "Failed" if error else "Success", "records": 0 if error else 3, "attempts": 1,
+           "state": "Failed" if error else "Success", "records": 0 if error else 3, "changed": not error, "attempts": 1,
            "urls": ["http://127.0.0.1:1/todos"]}
     return {**run, "error": error} if error else run
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import requests
-from conftest import cli, ok, status, wait_for
+from conftest import cached, cli, ok, status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 CHROMIUM = shutil.which("chromium")
@@ -48,11 +48,12 @@ def test_healthz_and_metrics_describe_the_last_run_and_the_next(service, source)
         "prefectflow_runs_total", "prefectflow_extract_attempts_total", "prefectflow_records_written",
         "prefectflow_last_success_timestamp_seconds", "prefectflow_run_duration_seconds_bucket",
         "prefectflow_run_duration_seconds_count", "prefectflow_run_duration_seconds_sum",
-        "prefectflow_next_run_timestamp_seconds"}
+        "prefectflow_next_run_timestamp_seconds", "prefectflow_output_unchanged"}
     assert values[("prefectflow_runs_total", (("state", "success"),))] == 1
     assert values[("prefectflow_runs_total", (("state", "failed"),))] == 0
     assert values[("prefectflow_extract_attempts_total", ())] == 1
     assert values[("prefectflow_records_written", ())] == 3
+    assert values[("prefectflow_output_unchanged", ())] == 0
     assert values[("prefectflow_last_success_timestamp_seconds", ())] == when(run["finished"]).timestamp()
     assert values[("prefectflow_next_run_timestamp_seconds", ())] == when(next_run).timestamp()
     assert values[("prefectflow_run_duration_seconds_count", ())] == 1
@@ -168,9 +169,25 @@ def test_the_status_page_in_headless_chromium(service, source, tmp_path):
     assert f"Sources {masked} Output {tmp_path / 'datos.json'} The flow, coloured by the last run " in text
     drawn = text.split(" The flow, coloured by the last run ")[1].split(" The last ")[0]
     assert sorted(drawn.split()) == ["extract", "load", "parametro_url", "records", "records", "transform", "url"]
-    assert "Start State Records Attempts Duration Error" in text
-    assert (f"{when(second['started']):%Y-%m-%d %H:%M:%S} UTC Success 3 1" in text)
+    assert "Start State Records Output Attempts Duration Error" in text
+    assert (f"{when(second['started']):%Y-%m-%d %H:%M:%S} UTC Success 3 replaced 1" in text)
     assert (f"{when(first['started']):%Y-%m-%d %H:%M:%S} UTC Failed 0 1" in text)
     assert text.endswith(f"extract failed: {masked} answered HTTP 503 Service Unavailable "
                          "This page reloads every 5 s. Also: healthz, metrics.")
     assert dom.count('fill="#28a745"') == 4  # the diagram: every task green, after a success
+
+
+def test_after_an_unchanged_run_the_page_and_metrics_count_what_the_output_holds(service, source):
+    url = source.add("/todos", cached(ETag='"v1"'))
+    running = service("--interval", 1, "--url", url)
+    first, second = running.runs(2)[:2]
+    assert [(r["changed"], r["records"]) for r in (first, second)] == [(True, 3), (False, 3)]
+    values = wait_for(lambda: (v := metrics(running))[("prefectflow_runs_total", (("state", "success"),))] >= 2 and v,
+                      "two runs in /metrics")
+    page = get(running, "/").text
+    running.stop()  # no more runs: the newest lines of the page and the metrics are the second run's or later
+    assert values[("prefectflow_records_written", ())] == 3  # not 0: the output still holds 3
+    assert values[("prefectflow_output_unchanged", ())] == 1
+    assert '<td class="good">Success</td><td class="num">3</td><td>unchanged</td>' in page
+    assert '<td class="good">Success</td><td class="num">3</td><td>replaced</td>' in page
+    assert "1 pages" not in running.log.read_text() and ", 1 page, " in running.log.read_text()
