@@ -46,10 +46,16 @@ def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str
 
 
 def _address(text: str) -> Tuple[str, int]:
-    """An argparse type: HOST:PORT, a port from 0 (any free one) to 65535."""
+    """An argparse type: HOST:PORT, an IPv6 address in brackets ([::1]:9100), a port from 0 (any
+    free one) to 65535."""
     host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        host = ""
     if not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, such as 127.0.0.1:9100: {text}")
+        raise argparse.ArgumentTypeError(
+            f"must be HOST:PORT, such as 127.0.0.1:9100 or [::1]:9100: {text}")
     return host, int(port)
 
 

@@ -11,6 +11,9 @@ from conftest import cli, ok, status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 CHROMIUM = shutil.which("chromium")
+SAFE = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                   "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
 def get(service, path, **kwargs):
@@ -71,10 +74,90 @@ def test_only_get_and_head_of_three_paths_are_served(service, source):
         assert int(head.headers["Content-Length"]) > 0
     missing = get(running, "/nope")
     assert (missing.status_code, missing.text) == (404, "Not found. Try /, /healthz or /metrics.\n")
-    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
-        refused = requests.request(method, running.url + "/healthz", timeout=30)
-        assert (refused.status_code, refused.headers["Allow"]) == (405, "GET, HEAD")
-    assert requests.request("BREW", running.url + "/", timeout=30).status_code == 501
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND", "TRACE", "BREW"):
+        refused = requests.request(method, running.url + "/healthz", timeout=30, data=b"x" * 100_000)
+        assert (refused.status_code, refused.headers["Allow"], refused.text) == (
+            405, "GET, HEAD", "Only GET and HEAD are served.\n")
+    assert answer(running.port, b"CONNECT example.org:443 HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 405
+
+
+def test_every_answer_forbids_scripts_framing_and_sniffing(service, source):
+    running = service("--interval", 60, "--url", source.add("/todos", ok()))
+    for method, path in [("GET", "/"), ("HEAD", "/healthz"), ("GET", "/metrics"), ("GET", "/nope"), ("TRACE", "/")]:
+        headers = requests.request(method, running.url + path, timeout=30).headers
+        assert {name: headers[name] for name in SAFE} == SAFE, (method, path)
+
+
+def answer(port, request, host="127.0.0.1"):
+    """Send request's bytes as they are; the status and the body of the answer, read until the
+    server closes."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode()
+
+
+def test_odd_requests_get_a_clear_answer(service, source):
+    running = service("--interval", 60, "--url", source.add("/todos", ok()))
+    cases = [
+        (b"GET /healthz HTTP/1.0\r\n\r\n", 200),  # no Host: not a browser
+        (b"\r\nGET /healthz?x=1&y HTTP/1.1\nHost: localhost\n\n", 200),
+        (b"GET //x HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+        (b"GET /%2e%2e/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+        (b"GET /healthz/ HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+        (b"GET ? HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+        (b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # TLS, or bytes like it
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\n X-Folded: y\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : localhost\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n", 431),
+        (b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\n\r\n", 431),
+    ]
+    for request, code in cases:
+        assert answer(running.port, request)[0] == code, request[:60]
+    assert answer(running.port, b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n") == (
+        431, "The request line and headers take more than 8192 bytes.\n")
+    assert get(running, "/healthz").status_code == 200  # and the server goes on
+
+
+def test_a_loopback_server_answers_only_a_loopback_host(service, source):
+    """A page whose name was rebound to 127.0.0.1 cannot read the status page from a browser."""
+    running = service("--interval", 60, "--url", source.add("/todos", ok()))
+    for host in ["localhost", "localhost:9100", "LocalHost.", "127.0.0.1", "127.0.0.2:80", "[::1]", "[::1]:8080",
+                 f"127.0.0.1:{running.port}"]:
+        assert get(running, "/healthz", headers={"Host": host}).status_code == 200, host
+    for host in ["evil.example", f"evil.example:{running.port}", "127.0.0.1.nip.io", "localhost.evil.example",
+                 "0.0.0.0", "192.168.1.1", "2130706433", "[::1", "[fe80::1]:80", "", "localhost:x"]:
+        for path in ("/", "/healthz", "/metrics"):
+            refused = get(running, path, headers={"Host": host})
+            assert (refused.status_code, refused.text) == (421, (
+                "This server answers only to localhost and loopback addresses: "
+                "reach it through a proxy that sets one as Host.\n")), host
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="needs an IPv6 loopback address")
+def test_it_listens_on_an_ipv6_address(service, source):
+    running = service("--interval", 60, "--url", source.add("/todos", ok()), listen="[::1]:0")
+    assert running.url.startswith("http://[::1]:")
+    assert get(running, "/healthz").status_code == 200
+    assert answer(running.port, b"GET /healthz HTTP/1.1\r\nHost: [::1]:1\r\n\r\n", host="::1")[0] == 200
+    assert answer(running.port, b"GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n", host="::1")[0] == 421
 
 
 def test_healthz_answers_503_once_no_run_succeeded_within_stale_after_and_200_once_one_does(service, source):
