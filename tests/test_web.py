@@ -1,9 +1,12 @@
 """etl.web: --listen's routes, asked over real HTTP of the service running in a subprocess."""
 import datetime
 import html.parser
+import os
+import select
 import shutil
 import socket
 import subprocess
+import threading
 
 import pytest
 import requests
@@ -194,6 +197,22 @@ def test_idle_connections_hold_up_neither_runs_nor_other_clients(service, source
         sock.close()
 
 
+def test_a_client_that_trickles_its_request_is_cut_off_at_the_deadline(service, source):
+    """A byte every 0.1 s never leaves the connection idle, but the whole request has 10 s."""
+    running = service("--interval", 60, "--url", source.add("/todos", ok()))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
+        for byte in (b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 600)[:600]:  # 60 s of bytes
+            try:
+                sock.send(bytes([byte]))
+                if select.select([sock], [], [], 0.1)[0]:
+                    assert sock.recv(1) == b""  # closed, without an answer
+                    break
+            except ConnectionResetError:
+                break
+        else:
+            raise AssertionError("a client that trickled for 60 s was never cut off")
+
+
 def test_a_port_in_use_is_one_line_and_exit_1_before_any_run(source, good_output):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -257,3 +276,79 @@ def test_the_status_page_in_headless_chromium(service, source, tmp_path):
     assert text.endswith(f"extract failed: {masked} answered HTTP 503 Service Unavailable "
                          "This page reloads every 5 s. Also: healthz, metrics.")
     assert dom.count('fill="#28a745"') == 4  # the diagram: every task green, after a success
+
+
+class Crowd:
+    """count slow clients of a server, from a thread of their own: each sends a byte of a request
+    that never ends every `every` seconds, and whichever the server drops connects again, until
+    stopped. Their number stays above what the server may hold, in count and in fds."""
+
+    def __init__(self, port, count, every=0.5):
+        self.port, self.count, self.every = port, count, every
+        self.sockets, self.dropped, self.full = [], 0, threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stopping.set()
+        self.thread.join(60)
+        for sock in self.sockets:
+            sock.close()
+
+    def _trickle(self):
+        request = b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100_000
+        sent = 0
+        while not self.stopping.is_set():
+            while len(self.sockets) < self.count:
+                self.sockets.append(socket.create_connection(("127.0.0.1", self.port), timeout=30))
+            self.full.set()
+            for index, sock in enumerate(self.sockets):
+                try:
+                    sock.send(request[sent:sent + 1])
+                except OSError:  # dropped by the server: connect again
+                    sock.close()
+                    self.sockets[index] = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+                    self.dropped += 1
+            sent += 1
+            self.stopping.wait(self.every)
+
+
+def connections(pid, port):
+    """How many TCP connections process pid holds on its local port `port`."""
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            held += local_port == port and state == "01" and inode in inodes  # 01: ESTABLISHED
+    return held
+
+
+def threads(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_hundreds_of_slow_clients_starve_neither_the_runs_nor_a_fresh_client(service, source):
+    """300 clients trickling their requests, more than the service's 256 fds: it holds at most 64
+    of them (a quarter of its fds) on one thread, runs go on succeeding, /healthz answers."""
+    running = service("--interval", 1, "--retries", 0, "--url", source.add("/todos", ok()), max_fds=256)
+    before = len(running.runs())
+    idle_threads = threads(running.proc.pid)
+    with Crowd(running.port, 300) as crowd:
+        wait_for(crowd.full.is_set, "300 slow clients")
+        held_from = len(running.runs())
+        for _ in range(3):
+            health = get(running, "/healthz")
+            assert (health.status_code, health.json()["status"]) == (200, "ok")
+            assert connections(running.proc.pid, running.port) <= 64
+            assert threads(running.proc.pid) <= idle_threads + 8  # a run's own threads, not one per client
+        runs = running.runs(held_from + 3)
+        assert crowd.dropped > 0 and len(crowd.sockets) == 300  # they were there all along
+    assert [run["state"] for run in runs[before:]] == ["Success"] * (len(runs) - before)
+    assert "Too many open files" not in running.log.read_text()
