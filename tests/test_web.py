@@ -1,6 +1,7 @@
 """etl.web: --listen's routes, asked over real HTTP of the service running in a subprocess."""
 import datetime
 import html.parser
+import json
 import os
 import select
 import shutil
@@ -12,6 +13,7 @@ import pytest
 import requests
 from conftest import cli, ok, status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from test_page import BAD_RUNS
 
 CHROMIUM = shutil.which("chromium")
 SAFE = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -195,6 +197,18 @@ def test_idle_connections_hold_up_neither_runs_nor_other_clients(service, source
         sock.settimeout(60)
         assert sock.recv(1) == b""
         sock.close()
+
+
+def test_bad_history_lines_never_break_the_status_page(service, source, tmp_path):
+    lines = [json.dumps(run).encode() for run in BAD_RUNS] + [b"[1, 2]", b"not json", b'{"error": "\xff"}', b"{"]
+    (tmp_path / "runs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    running = service("--interval", 60, "--url", source.add("/todos", ok()))
+    wait_for(lambda: get(running, "/healthz").json()["status"] == "ok", "a run")
+    page = get(running, "/")
+    assert page.status_code == 200
+    assert f"<td class=\"bad\">?</td><td class=\"num\">{{&#x27;a&#x27;: [1]}}</td>" in page.text
+    assert "<td>lone ? surrogate</td>" in page.text
+    assert page.text.count("<tr><td>") == len(BAD_RUNS) + 1  # the lines that are not objects: skipped
 
 
 def test_a_client_that_trickles_its_request_is_cut_off_at_the_deadline(service, source):
