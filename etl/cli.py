@@ -18,8 +18,8 @@ from etl.diagram import FORMATS
 from etl.errors import PROG, Explained, SettingError, UrlError
 from etl.headers import Headers, parse_header, parse_header_env
 from etl.service import Watch, Watches
-from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_THREADS, OUTPUT, RETRIES,
-                          RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT)
+from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_THREADS, NOTIFY_QUIET_INTERVALS,
+                          OUTPUT, RETRIES, RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT)
 from etl.source import check_url
 
 
@@ -253,7 +253,7 @@ def make_watch(args: argparse.Namespace, flow: Flow) -> Watch:
         web.start(*args.listen, state, counts, flow, refresh)
         watches += [state, counts]
     if args.notify:
-        watches.append(notify.Notifier(args.notify))
+        watches.append(notify.Notifier(args.notify, quiet=NOTIFY_QUIET_INTERVALS * args.interval))
     return Watches(*watches)
 
 
