@@ -180,3 +180,17 @@ def test_the_queue_of_each_webhook_is_bounded_dropping_the_oldest(source, notify
     assert [n["time"] for n in source.bodies("/hook")] == [runs[0]["started"]] + [r["started"] for r in runs[5:]]
     assert notify_log == [f"Dropped the {'recovered' if n % 2 else 'failing'!r} notice of {runs[n]['started']} "
                           f"to --notify {hook}: 10 newer ones are waiting" for n in range(1, 5)]
+
+
+def test_a_source_failing_every_other_run_sends_a_few_notices_not_one_per_run(source, tmp_path):
+    url = source.add("/todos", *[status(503), ok()] * 5)
+    hook = source.add("/hook", ok({}))
+    runs_file = tmp_path / "runs.jsonl"
+    result = cli("--runs", 10, "--interval", 1, "--retries", 0, "--url", url, "--output", tmp_path / "d.json",
+                 "--history", runs_file, "--notify", hook)
+    assert result.returncode == 0, result.stderr
+    assert [run["state"] for run in history(runs_file)] == ["Failed", "Success"] * 5
+    told = [notice["state"] for notice in source.bodies("/hook")]
+    # failing, recovered, then at most one of each per 5 s (5 intervals), and the last word at the exit
+    assert told[:2] == ["failing", "recovered"] and len(told) <= 5
+    assert all(a != b for a, b in zip(told, told[1:])) and told[-1] == "recovered"
