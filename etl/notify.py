@@ -150,7 +150,11 @@ class Webhook:
             notice = self.queue.get()
             if notice is None:
                 return
-            deliver(self.url, notice)
+            try:
+                deliver(self.url, notice)
+            except Exception as exc:  # a bug: this notice is lost, the next ones are not
+                log.error("Could not deliver the %r notice to --notify %s: %s: %s", notice["state"],
+                          mask_url(self.url), type(exc).__name__, mask_text(str(exc), self.url))
 
 
 def deliver(url: str, notice: dict) -> None:

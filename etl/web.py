@@ -6,6 +6,7 @@ from its connection to the last byte of the answer, however it trickles. The run
 """
 import email.utils
 import errno
+import http
 import ipaddress
 import json
 import re
@@ -43,9 +44,6 @@ HEADERS = {  # on every answer: the page runs no script, loads nothing, and is n
     "Connection": "close",
 }
 TEXT = "text/plain; charset=utf-8"
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           421: "Misdirected Request", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           505: "HTTP Version Not Supported"}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a method's characters (RFC 9110)
 _HOST = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::[0-9]*)?")  # name or [v6], then :port
 
@@ -160,7 +158,7 @@ def response(code: int, kind: str, body: bytes, headers: Dict[str, str], with_bo
     """The bytes of an answer, head and (unless to a HEAD) body."""
     fields = {"Server": "prefectflow", "Date": email.utils.formatdate(usegmt=True), "Content-Type": kind,
               "Content-Length": str(len(body)), **HEADERS, **headers}
-    head = f"HTTP/1.1 {code} {REASONS[code]}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    head = f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
     return head.encode("latin-1") + (body if with_body else b"")
 
 
@@ -274,6 +272,9 @@ class Server:
             elif events & selectors.EVENT_WRITE:
                 self._write(client)
         except OSError:
+            self._close(client)
+        except Exception as exc:  # a bug: this client goes, the server goes on
+            log.error("Status server failed to serve a client: %s: %s", type(exc).__name__, exc)
             self._close(client)
 
     def _answer(self, client: Connection, head: Optional[bytes]) -> None:
