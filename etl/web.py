@@ -34,6 +34,7 @@ FD_SHARE = 4  # ... at most a quarter of the soft fd limit: the rest stays for t
 MAX_HEAD = 8192  # bytes of request line and headers
 BACKLOG = 128  # connections the kernel holds until they are accepted: they cost us no fd
 PAUSE = 0.5  # seconds without accepting when the process has no fd left, instead of spinning
+GRACE = 0.2  # seconds a new client has to send its request before a newer one may take its place
 ALLOW = "GET, HEAD"
 HEADERS = {  # on every answer: the page runs no script, loads nothing, and is never framed or sniffed
     "Cache-Control": "no-store",
@@ -165,8 +166,8 @@ def response(code: int, kind: str, body: bytes, headers: Dict[str, str], with_bo
 class Connection:
     """One client: its request read into a buffer, then its answer written from one, by deadline."""
 
-    def __init__(self, sock: socket.socket, deadline: float, accepted: int):
-        self.sock, self.deadline, self.round = sock, deadline, accepted
+    def __init__(self, sock: socket.socket, since: float):
+        self.sock, self.since, self.deadline = sock, since, since + REQUEST_DEADLINE
         self.inbox, self.outbox = bytearray(), b""
         self.answered = False  # the answer is written: what the client still sends is drained
 
@@ -199,7 +200,6 @@ class Server:
         # Oldest first: all have the same time to live, so their deadlines come in this order too.
         self.clients: Dict[socket.socket, Connection] = {}
         self.paused_until = 0.0  # not accepting until then (monotonic); 0: accepting
-        self.round = 0  # how many times serve_once() has run
 
     def serve_forever(self) -> None:
         while True:
@@ -210,14 +210,13 @@ class Server:
         if self.paused_until and time.monotonic() >= self.paused_until:
             self.paused_until = 0.0
             self.selector.register(self.sock, selectors.EVENT_READ)
-        self.round += 1
         calling = False
         for key, events in self.selector.select(self._wait()):
             if key.fileobj is self.sock:
                 calling = True
             elif key.fileobj in self.clients:
                 self._serve(key.data, events)
-        if calling:  # after the clients already in: a client's request is read before any can evict it
+        if calling:  # once the clients already in were read
             self._accept()
         now = time.monotonic()
         while self.clients and (oldest := next(iter(self.clients.values()))).deadline <= now:
@@ -231,13 +230,13 @@ class Server:
         return max(0.0, min(ends) - time.monotonic()) if ends else None
 
     def _accept(self) -> None:
-        """Accept the connections waiting. When all places are taken, the oldest client makes room:
-        the slowest goes first. One accepted in this round is never evicted: those left wait in the
-        kernel's backlog until the next round, once the clients accepted now were read."""
+        """Accept the connections waiting. When all places are taken, the oldest client makes room,
+        once it has had GRACE seconds to send its request: until then, the next wait in the
+        kernel's backlog."""
         while True:
             full = len(self.clients) >= self.limit
-            if full and next(iter(self.clients.values())).round == self.round:
-                return
+            if full and (oldest := next(iter(self.clients.values()))).since + GRACE > time.monotonic():
+                return self._pause(oldest.since + GRACE)  # all are new: the next waits in the backlog
             try:
                 sock, _ = self.sock.accept()
             except BlockingIOError:
@@ -246,15 +245,19 @@ class Server:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # The process is out of fds (the runs hold them): wait for them instead of spinning.
                     log.warning("Status server: cannot accept a connection: %s; pausing %g s", exc.strerror, PAUSE)
-                    self.selector.unregister(self.sock)
-                    self.paused_until = time.monotonic() + PAUSE
+                    self._pause(time.monotonic() + PAUSE)
                 return  # ECONNABORTED and the like: that client is gone
             if full:
                 self._close(next(iter(self.clients.values())))
             sock.setblocking(False)
-            client = Connection(sock, time.monotonic() + REQUEST_DEADLINE, self.round)
+            client = Connection(sock, time.monotonic())
             self.clients[sock] = client
             self.selector.register(sock, selectors.EVENT_READ, client)
+
+    def _pause(self, until: float) -> None:
+        """Accept no connection until then (monotonic)."""
+        self.selector.unregister(self.sock)
+        self.paused_until = until
 
     def _serve(self, client: Connection, events: int) -> None:
         try:
