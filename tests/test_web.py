@@ -7,11 +7,12 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
 import requests
-from conftest import cli, ok, status, wait_for
+from conftest import ROOT, cli, ok, status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from test_page import BAD_RUNS
 
@@ -373,3 +374,12 @@ def test_hundreds_of_slow_clients_starve_neither_the_runs_nor_a_fresh_client(ser
         assert crowd.dropped > 0 and len(crowd.sockets) == 300  # they were there all along
     assert [run["state"] for run in runs[before:]] == ["Success"] * (len(runs) - before)
     assert "Too many open files" not in running.log.read_text()
+
+
+@pytest.mark.parametrize("fds, clients", [(1024, 256), (256, 64), (8192, 256), (16, 4), (3, 1)])
+def test_clients_get_at_most_a_quarter_of_the_fd_limit(fds, clients):
+    """Measured in a process of its own: the fd limit is the process's."""
+    code = ("import resource, sys; from etl.web import connection_limit; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fds}, {fds})); print(connection_limit())")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.stdout == f"{clients}\n", shown.stderr
