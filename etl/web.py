@@ -15,7 +15,6 @@ import selectors
 import socket
 import threading
 import time
-import urllib.parse
 from typing import Callable, Dict, List, Optional, Tuple
 
 import prefect
@@ -131,7 +130,7 @@ class App:
             return _text(405, "Only GET and HEAD are served.\n", Allow=ALLOW)
         if not request.target.startswith("/"):
             return _text(400, "Bad request: the target must be a path, such as /healthz.\n")
-        return self.route(urllib.parse.urlsplit(request.target).path)
+        return self.route(request.target.partition("?")[0])
 
     def route(self, path: str) -> Answer:
         if path == "/healthz":
@@ -159,7 +158,8 @@ def response(code: int, kind: str, body: bytes, headers: Dict[str, str], with_bo
     """The bytes of an answer, head and (unless to a HEAD) body."""
     fields = {"Server": "prefectflow", "Date": email.utils.formatdate(usegmt=True), "Content-Type": kind,
               "Content-Length": str(len(body)), **HEADERS, **headers}
-    head = f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    lines = [f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}"] + [f"{name}: {value}" for name, value in fields.items()]
+    head = "\r\n".join(lines) + "\r\n\r\n"
     return head.encode("latin-1") + (body if with_body else b"")
 
 
@@ -316,12 +316,6 @@ class Server:
         except (KeyError, ValueError):
             pass
         client.sock.close()
-
-    def close(self) -> None:
-        for client in list(self.clients.values()):
-            self._close(client)
-        self.selector.close()
-        self.sock.close()
 
 
 def start(host: str, port: int, status: Status, metrics: Metrics, flow: Flow, refresh: int) -> Server:

@@ -112,6 +112,8 @@ def test_odd_requests_get_a_clear_answer(service, source):
         (b"GET /healthz HTTP/1.0\r\n\r\n", 200),  # no Host: not a browser
         (b"\r\nGET /healthz?x=1&y HTTP/1.1\nHost: localhost\n\n", 200),
         (b"GET //x HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+        (b"GET //[ HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+        (b"GET /\xff\x00 HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
         (b"GET /%2e%2e/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
         (b"GET /healthz/ HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
         (b"GET ? HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
