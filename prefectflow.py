@@ -255,7 +255,9 @@ def _run(args: argparse.Namespace, etl_flow: Flow) -> int:
         try:
             watch = cli.make_watch(args, etl_flow)
         except OSError as exc:
-            error(f"cannot listen on --listen {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}")
+            host, port = args.listen
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            error(f"cannot listen on --listen {where}: {exc.strerror or exc}")
             return service.EXIT_FAILED
         status = service.serve(etl_flow, args.urls, args.runs, args.history, cli.make_executor(args), watch)
         watch.close()

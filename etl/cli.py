@@ -19,8 +19,9 @@ from etl.diagram import FORMATS
 from etl.errors import PROG, Explained, SettingError, UrlError
 from etl.headers import Headers, parse_header, parse_header_env
 from etl.service import Watch, Watches
-from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_SECONDS, MAX_THREADS, OUTPUT,
-                          RETRIES, RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT, TIMEZONE)
+from etl.settings import (API_URL, DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, MAX_SECONDS, MAX_THREADS,
+                          NOTIFY_QUIET_INTERVALS, OUTPUT, RETRIES, RETRY_DELAY, STALE_AFTER_INTERVALS, TIMEOUT,
+                          TIMEZONE)
 from etl.source import check_url
 
 
@@ -55,10 +56,16 @@ def _number(kind: type, ok: Callable[[float], bool], rule: str, high: Optional[f
 
 
 def _address(text: str) -> Tuple[str, int]:
-    """An argparse type: HOST:PORT, a port from 0 (any free one) to 65535."""
+    """An argparse type: HOST:PORT, an IPv6 address in brackets ([::1]:9100), a port from 0 (any
+    free one) to 65535."""
     host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        host = ""
     if not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, such as 127.0.0.1:9100: {text}")
+        raise argparse.ArgumentTypeError(
+            f"must be HOST:PORT, such as 127.0.0.1:9100 or [::1]:9100: {text}")
     return host, int(port)
 
 
@@ -321,7 +328,7 @@ def make_watch(args: argparse.Namespace, flow: Flow) -> Watch:
         web.start(*args.listen, state, counts, flow, refresh)
         watches += [state, counts]
     if args.notify:
-        watches.append(notify.Notifier(args.notify))
+        watches.append(notify.Notifier(args.notify, quiet=NOTIFY_QUIET_INTERVALS * args.interval))
     return Watches(*watches)
 
 

@@ -44,13 +44,17 @@ def _svg(flow: Flow, states: Optional[State]) -> str:
         svg = draw(flow, "svg", states).decode("utf-8")
     except (graphviz.ExecutableNotFound, graphviz.CalledProcessError):
         return "<p>(Drawing the flow needs Graphviz's <code>dot</code> program.)</p>"
+    # Prefect names each node after id(task), a heap address: the page shows the task's name instead.
+    for task in sorted(flow.tasks, key=lambda task: len(str(id(task))), reverse=True):
+        svg = svg.replace(str(id(task)), html.escape(task.name))
     return svg[svg.index("<svg"):]  # inline: without the XML declaration and doctype
 
 
 def render(code: int, health: dict, runs: List[dict], svg: str, refresh: int) -> str:
-    """The page; every value in it is escaped, the URLs were masked before they got here."""
+    """The page; every value in it is escaped, the URLs were masked before they got here. The runs
+    may come from --history lines of any shape: what is not what it should be shows as text."""
     status = health["status"]
-    sources = ", ".join(runs[0].get("urls", [])) if runs else ""
+    sources = _list(runs[0].get("urls")) if runs else ""
     output = runs[0].get("output", "") if runs else ""
     rows = "\n".join(_row(run) for run in runs) or '<tr><td colspan="7">No runs yet.</td></tr>'
     return f"""<!DOCTYPE html>
@@ -107,18 +111,24 @@ def _tone(status: str) -> str:
     return TONE.get(status, "bad")
 
 
-def _when(iso: Optional[str]) -> str:
-    """An ISO 8601 time as UTC to the second; what is not one, as it is."""
+def _list(values: object) -> str:
+    return ", ".join(map(str, values)) if isinstance(values, list) else "" if values is None else str(values)
+
+
+def _when(value: object) -> str:
+    """An ISO 8601 time with its offset as UTC to the second; anything else as it is."""
     try:
-        when = datetime.datetime.fromisoformat(iso)
-    except (TypeError, ValueError):
-        return iso or ""
-    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = datetime.datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            raise ValueError("no UTC offset")
+        return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError):  # not text, not a time, out of range once in UTC
+        return "" if value is None else str(value)
 
 
 def _duration(run: dict) -> str:
     try:
         started, finished = (datetime.datetime.fromisoformat(run[key]) for key in ("started", "finished"))
-    except (KeyError, TypeError, ValueError):
+        return f"{(finished - started).total_seconds():.3f} s"
+    except (KeyError, TypeError, ValueError, OverflowError):  # a naive time beside an aware one: TypeError
         return ""
-    return f"{(finished - started).total_seconds():.3f} s"

@@ -7,6 +7,7 @@ OUTPUT = "datos.json"
 INTERVAL = 120.0  # seconds between scheduled runs
 TIMEZONE = "UTC"  # the zone of the schedule
 STALE_AFTER_INTERVALS = 3  # /healthz answers 503 once no run has succeeded for this many intervals
+NOTIFY_QUIET_INTERVALS = 5  # at most one --notify notice of each kind (failing, recovered) per this many intervals
 RETRIES = 10
 RETRY_DELAY = 10.0  # seconds
 TIMEOUT = 10.0  # seconds to connect, and at most between two reads of the body

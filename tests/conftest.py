@@ -3,6 +3,7 @@ import http.server
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -270,21 +271,24 @@ def history(path):
 
 
 class Service:
-    """prefectflow.py running on its schedule with --listen 127.0.0.1:0 and --history, in a
-    subprocess; its log goes to a file, where it says which port it took."""
+    """prefectflow.py running on its schedule with --listen (127.0.0.1:0 unless told) and --history,
+    in a subprocess, with at most max_fds open files if told; its log goes to a file, where it says
+    which port it took."""
 
-    def __init__(self, tmp_path, *args, env=None):
+    def __init__(self, tmp_path, *args, listen="127.0.0.1:0", max_fds=None, env=None):
         self.log, self.history = tmp_path / "service.log", tmp_path / "runs.jsonl"
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))) if max_fds else None
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(SCRIPT), "--listen", "127.0.0.1:0", "--history", str(self.history),
+                [sys.executable, str(SCRIPT), "--listen", listen, "--history", str(self.history),
                  "--output", str(tmp_path / "datos.json"), *map(str, args)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit, env={**os.environ, **(env or {})})
         self.url = wait_for(self._served_at, "'Serving on' line in the log")
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def _served_at(self):
         assert self.proc.poll() is None, self.log.read_text()
-        found = re.search(r"Serving on (http://127\.0\.0\.1:\d+)\n", self.log.read_text())
+        found = re.search(r"Serving on (http://[^\s]+:\d+)\n", self.log.read_text())
         return found and found.group(1)
 
     def runs(self, count=1):
@@ -302,8 +306,8 @@ def service(tmp_path):
     """Starts the service with the given options; stops it after the test."""
     started = []
 
-    def start(*args, env=None):
-        started.append(Service(tmp_path, *args, env=env))
+    def start(*args, **options):
+        started.append(Service(tmp_path, *args, **options))
         return started[-1]
     yield start
     for running in started:

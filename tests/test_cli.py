@@ -90,19 +90,21 @@ def test_bad_usage_exits_2(args, message, capsys):
     assert last_line(capsys.readouterr().err) == f"prefectflow.py: error: {message}"
 
 
-@pytest.mark.parametrize("value", ["9100", "127.0.0.1", "127.0.0.1:", ":9100", "127.0.0.1:65536", "h:-1", "h:x"])
+@pytest.mark.parametrize("value", ["9100", "127.0.0.1", "127.0.0.1:", ":9100", "127.0.0.1:65536", "h:-1", "h:x",
+                                   "::1:9100", "[::1]", "[]:9100", "[::1:9100", "::1]:9100", "[h]:9100"])
 def test_listen_needs_host_and_port(value, capsys):
     with pytest.raises(SystemExit) as exited:
         prefectflow.main(["--listen", value])
     assert exited.value.code == 2
     assert last_line(capsys.readouterr().err) == (
-        f"prefectflow.py: error: argument --listen: must be HOST:PORT, such as 127.0.0.1:9100: {value}")
+        f"prefectflow.py: error: argument --listen: must be HOST:PORT, such as 127.0.0.1:9100 or [::1]:9100: {value}")
 
 
 def test_stale_after_defaults_to_three_intervals():
     assert parse_args(["--listen", "127.0.0.1:0", "--interval", "1.5"]).stale_after == 4.5
     assert parse_args(["--listen", "localhost:9100", "--stale-after", "0.5"]).stale_after == 0.5
     assert parse_args(["--listen", "localhost:9100"]).listen == ("localhost", 9100)
+    assert parse_args(["--listen", "[::1]:0"]).listen == ("::1", 0)
 
 
 def test_a_url_that_can_never_be_fetched_is_bad_usage_and_its_secrets_show_nowhere(tmp_path):

@@ -48,6 +48,10 @@ def test_the_diagram_is_inline_svg_drawn_again_only_after_a_run():
     diagram = Diagram(prefectflow.flow)
     plain = diagram.svg(0, None)
     assert plain.startswith("<svg") and plain.count("<g id=\"node") == 4 and "#28a745" not in plain
+    assert sorted(re.findall(r"<title>([^<]*)</title>", plain)) == [  # task names, not heap addresses (id())
+        "%3", "extract", "extract&#45;&gt;transform", "load", "parametro_url", "parametro_url&#45;&gt;extract",
+        "transform", "transform&#45;&gt;load"]
+    assert not any(str(id(task)) in plain for task in prefectflow.flow.tasks)
     assert diagram.svg(0, Success(result={})) is plain  # the same run: not drawn again
     flow_state = Success(result={task: Success() for task in prefectflow.flow.tasks})
     assert diagram.svg(1, flow_state).count('fill="#28a745"') == 4
@@ -56,3 +60,23 @@ def test_the_diagram_is_inline_svg_drawn_again_only_after_a_run():
 def test_without_dot_the_page_says_what_the_diagram_needs(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert Diagram(prefectflow.flow).svg(0, None) == "<p>(Drawing the flow needs Graphviz's <code>dot</code> program.)</p>"
+
+
+BAD_RUNS = [  # --history lines the page once failed on, and others of their kind
+    {"urls": [1]},
+    {"urls": "http://a/", "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:00:01+00:00"},
+    {"started": "0001-01-01T00:00:00+05:00", "finished": "9999-12-31T23:59:59-05:00"},
+    {"state": "\ud800", "error": "lone \udcff surrogate", "records": {"a": [1]}, "attempts": 1e308 * 10},
+    {"started": 20260101, "finished": None, "state": ["Success"], "urls": {"x": 1}},
+]
+
+
+def test_history_lines_of_any_shape_show_as_text():
+    page = render(200, HEALTH, BAD_RUNS, "", 5)
+    assert "<tr><th>Sources</th><td>1</td></tr>" in page
+    assert ('<tr><td>2026-01-01T00:00:00</td><td class="bad"></td><td class="num"></td><td class="num"></td>'
+            '<td class="num"></td><td></td></tr>') in page  # a naive time as it is, no duration
+    assert '<tr><td>0001-01-01T00:00:00+05:00</td><td class="bad">' in page
+    assert ("<td class=\"bad\">\ud800</td><td class=\"num\">{&#x27;a&#x27;: [1]}</td><td class=\"num\">inf</td>"
+            "<td class=\"num\"></td><td>lone \udcff surrogate</td>") in page
+    assert '<tr><td>20260101</td><td class="bad">[&#x27;Success&#x27;]</td>' in page
