@@ -226,8 +226,9 @@ def make_executor(args: argparse.Namespace) -> Executor:
             os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         return DaskExecutor(cluster_kwargs={
             "n_workers": workers, "threads_per_worker": -(-sources // workers),
-            # On this machine only: the scheduler and its dashboard would listen on every interface.
-            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+            # On this machine only: the scheduler, the nannies, the workers and the servers of /metrics
+            # and /health they each run (their "dashboards") would otherwise listen on every interface.
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0",
             **({"preload": ["etl.logs"]} if args.log_format == "json" else {})})
     if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
         return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)

@@ -1,13 +1,16 @@
 """etl.cli and main(): options, usage rules and executors; the command line run as a user runs it."""
+import ipaddress
 import json
 import logging
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import RECORDS_JSON, ROOT, cli, last_line, ok, status
+from conftest import RECORDS_JSON, ROOT, SCRIPT, cli, last_line, ok, status, wait_for
 
 import prefectflow
 from etl.cli import _one_line, make_executor, parse_args
@@ -176,6 +179,48 @@ def test_an_unreachable_dask_cluster_fails_with_one_line_that_says_it_once(sourc
     assert f"ERROR - prefect.FlowRunner | {cause}\n" in result.stdout
     assert "OSError: Timed out" not in result.stdout  # said once per line, not twice
     assert source.hits("/todos") == 0
+
+
+def listening(pid):
+    """{(pid, address, port)} of every socket the process and its descendants listen on (TCP) or are
+    bound to (UDP)."""
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    found = set()
+    for process in tree:
+        try:
+            for conn in process.net_connections(kind="inet"):
+                if conn.status in (psutil.CONN_LISTEN, psutil.CONN_NONE) and conn.laddr:
+                    found.add((process.pid, conn.laddr.ip, conn.laddr.port))
+        except psutil.Error:
+            pass  # a process that ended meanwhile listens on nothing
+    return found
+
+
+def test_a_local_dask_cluster_listens_on_loopback_only(source, tmp_path):
+    """The scheduler, its dashboard, the nannies, the workers and their HTTP servers: every socket of
+    the process tree, listed while both workers' tasks are fetching."""
+    listed = threading.Event()
+
+    def held(handler):  # answers once the sockets have been listed: the cluster is up until then
+        listed.wait(120)
+        ok()(handler)
+    urls = [source.add(f"/todos{n}", held) for n in range(2)]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--once", "--executor", "dask", "--workers", "2",
+                             "--url", urls[0], "--url", urls[1], "--output", str(tmp_path / "d.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: source.hits("/todos0") and source.hits("/todos1") or proc.poll() is not None,
+                 "request from each source's task", deadline=180)
+        sockets = listening(proc.pid)
+    finally:
+        listed.set()
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert len({pid for pid, _, _ in sockets}) == 3, sockets  # this process and two workers
+    assert [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback] == []
 
 
 def test_the_one_line_log_filter_keeps_an_error_without_a_message():
