@@ -137,7 +137,7 @@ def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, 
     parser = _parser()
     json_errors = _log_format(argv, environ) == "json"
     logs.use_for_errors(json_errors)
-    parser.report = errors.error if json_errors else None
+    parser.report = errors.error  # the one line, without argparse's usage block above it
     try:
         args = config.gather(parser, argv, environ)
     except config.Refused as exc:
