@@ -20,7 +20,7 @@ from prefect.engine.signals import LOOP
 from prefect.schedules import IntervalSchedule
 
 from etl import cli, demo, diagram, lock, pages, service, sink, state
-from etl.errors import PayloadError, SourceError, error, say
+from etl.errors import PayloadError, SinkError, SourceError, error, say
 from etl.headers import Headers
 from etl.records import BATCH, Record, Todo, concat_records, transform_records
 from etl.settings import DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
@@ -167,9 +167,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     cli.setup_logging(args.debug, args.quiet, args.log_format)
     if args.history:
         try:
-            open(args.history, "a").close()
-        except OSError as exc:
-            error(f"cannot write --history {args.history}: {exc.strerror}")
+            os.close(sink.open_lines(args.history, f"--history {args.history}"))
+        except SinkError as exc:
+            error(str(exc))
             return service.EXIT_FAILED
     # On a cluster the workers write the output: a relative path would be theirs, not ours.
     args.output = os.path.abspath(args.output)

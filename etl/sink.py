@@ -75,13 +75,7 @@ def replace_file(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Replace path with what write writes to a temporary file beside it: fsynced, then renamed
     over it, its folder synced; the old file or the new one, never a mix."""
     target = os.path.realpath(path)
-    folder = os.path.dirname(target)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except FileExistsError:
-        raise SinkError(f"cannot write {path}: {folder} is a file, not a folder") from None
-    except OSError as exc:
-        raise SinkError(f"cannot write {path}: {exc.strerror}") from None
+    folder = make_folder(path)
     # Named before it exists, so that a signal landing at any moment after it is created can remove it.
     tmp = _temporary(target, secrets.token_hex(8))
     try:
@@ -110,6 +104,19 @@ def replace_file(path: str, write: Callable[[BinaryIO], None]) -> None:
                     "a power loss", path, folder, exc.strerror)
 
 
+def make_folder(path: str, name: Optional[str] = None) -> str:
+    """Create the folder the file at path goes in, and its missing parents; that folder.
+    SinkError ("cannot write NAME: why", NAME path unless given) if it cannot."""
+    folder = os.path.dirname(os.path.realpath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise SinkError(f"cannot write {name or path}: {folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise SinkError(f"cannot write {name or path}: {exc.strerror}") from None
+    return folder
+
+
 def _temporary(target: str, token: str) -> str:
     """The temporary file a write to target goes to before it replaces it; token tells writes apart.
     A long name is cut, so that the temporary one is no longer than the output's own."""
@@ -127,11 +134,22 @@ def remove_unfinished(path: str) -> None:
             os.unlink(tmp)
 
 
+def open_lines(path: str, name: Optional[str] = None) -> int:
+    """A descriptor to append to the JSON Lines file at path, created with its missing folders as
+    the output is; SinkError ("cannot write NAME: why") if it cannot be."""
+    make_folder(path, name)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SinkError(f"cannot write {name or path}: {exc.strerror}") from None
+
+
 def append_line(path: str, record: dict) -> None:
     """Append record to a JSON Lines file as one whole line: a write that fails or falls short
-    (a full disk, a file-size limit) is cut back off, so the file never ends in half a line."""
+    (a full disk, a file-size limit) is cut back off, so the file never ends in half a line.
+    SinkError if the file cannot be opened, OSError if the write fails."""
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_lines(path)
     try:
         size = os.fstat(fd).st_size
         try:
