@@ -40,7 +40,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNABLE = {"sh": "shell", "shell": "shell", "bash": "shell", "console": "console",
             "dockerfile": "dockerfile", "Dockerfile": "dockerfile"}
 NOT_RUN = re.compile(r"^\s*<!--\s*example:\s*not run\s*\((.*)\)\s*-->\s*$")
-MARKER = re.compile(r"<!--\s*example:")
+MARKER = re.compile(r"^\s*<!--\s*example:")
 FENCE = re.compile(r"^ {0,3}(```+|~~~+)\s*([\w+-]*)")
 SAMPLE = (ROOT / "sample" / "todos.json").read_bytes()
 
