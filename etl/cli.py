@@ -73,7 +73,7 @@ def _parser() -> config.Parser:
     add = parser.add_argument
     add("--url", action="append", type=_url, metavar="URL",
         help=f"source of the todos; repeat to fetch several in parallel (default: {API_URL})")
-    add("--output", default=OUTPUT, metavar="PATH", help="file to write (default: %(default)s)")
+    add("--output", default=OUTPUT, metavar="PATH", help=f"file to write (default: {OUTPUT})")
     add("--once", action="store_true", help="run once now instead of on the schedule")
     add("--demo", action="store_true",
         help="run once, offline, on the bundled sample served from 127.0.0.1 (its first answer is 503)")
@@ -91,15 +91,15 @@ def _parser() -> config.Parser:
     add("--notify", action="append", metavar="URL",
         help="POST a JSON message to URL when runs start failing and when they recover; repeatable")
     add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
-        help="retries of a failed fetch, per source (default: %(default)s)")
+        help=f"retries of a failed fetch, per source (default: {RETRIES})")
     add("--retry-delay", type=_at_least(float, 0), metavar="SECONDS",
         help=f"wait between retries (default: {RETRY_DELAY:g}; 1 with --demo)")
     add("--timeout", type=_greater_than(float, 0), default=TIMEOUT, metavar="SECONDS",
-        help="limit to connect, and between two reads of the body (default: %(default)g)")
+        help=f"limit to connect, and between two reads of the body (default: {TIMEOUT:g})")
     add("--deadline", type=_greater_than(float, 0), default=DEADLINE, metavar="SECONDS",
-        help="limit for a whole response (default: %(default)g)")
+        help=f"limit for a whole response (default: {DEADLINE:g})")
     add("--max-bytes", type=_greater_than(int, 0), default=MAX_BYTES, metavar="N",
-        help="largest body accepted, in bytes (default: %(default)s, 100 MiB)")
+        help=f"largest body accepted, in bytes (default: {MAX_BYTES}, 100 MiB)")
     add("--allow-empty", action="store_true", help="let an empty list replace the output")
     add("--paginate", action="store_true",
         help='follow each source\'s Link rel="next" headers to its last page and join the pages')
@@ -123,7 +123,7 @@ def _parser() -> config.Parser:
     add("--debug", action="store_true", help="log everything, with tracebacks")
     add("-q", "--quiet", action="store_true", help="log errors only")
     add("--log-format", choices=logs.FORMATS, default="text",
-        help="text, or json: every line on stdout and stderr one JSON object (default: %(default)s)")
+        help="text, or json: every line on stdout and stderr one JSON object (default: text)")
     add("--config", metavar="FILE",
         help="read options from this TOML file, its keys the long options without their dashes; "
              "PREFECTFLOW_<OPTION> environment variables win over it, and the command line over both")

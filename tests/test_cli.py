@@ -86,6 +86,14 @@ def test_listen_needs_host_and_port(value, capsys):
         f"prefectflow.py: error: argument --listen: must be HOST:PORT, such as 127.0.0.1:9100: {value}\n")
 
 
+def test_help_shows_the_defaults_and_exits_0(tmp_path):
+    result = cli("--help", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "file to write (default: datos.json)" in result.stdout
+    assert "limit for a whole response (default: 600)" in " ".join(result.stdout.split())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stale_after_defaults_to_three_intervals():
     assert parse_args(["--listen", "127.0.0.1:0", "--interval", "1.5"]).stale_after == 4.5
     assert parse_args(["--listen", "localhost:9100", "--stale-after", "0.5"]).stale_after == 0.5
