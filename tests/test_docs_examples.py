@@ -8,6 +8,7 @@ changes made to an example are these, all made by swap() below:
   (and is not --demo) gets `--url` that sample, since its default, the public API, is not offline.
 - Runs until stopped. A prefectflow.py command that would run on its schedule until stopped (none of
   FINITE) gets `--runs 1`: the first run starts at once, so one run is the example's whole behaviour.
+  A command with `--config` is left to its file, which must end it (`once = true`, `runs = 1`).
 - `--listen HOST:PORT` becomes 127.0.0.1:0: never a fixed port, never another interface; in a
   Dockerfile's HEALTHCHECK, that address becomes the one the service logs it took.
 - `make test` runs the suite on one small file (PYTEST_ADDOPTS): as written it would run this file again.
@@ -47,7 +48,7 @@ SAMPLE = (ROOT / "sample" / "todos.json").read_bytes()
 # prefectflow.py run as a script (not `prefect run -p prefectflow.py`, whose flow is the module's).
 OURS = re.compile(r"\bpython[\d.]*\s+(?:\S*/)?prefectflow\.py(?=\s|$)")
 # Options after which prefectflow.py ends on its own.
-FINITE = ("--once", "--demo", "--runs", "--visualize", "--next", "--help", "-h")
+FINITE = ("--once", "--demo", "--runs", "--visualize", "--next", "--help", "-h", "--config")
 VALUE = r"""('[^']*'|"[^"]*"|[^\s'"]+)"""
 URL_OPTION = re.compile(r"(--url(?:\s+|=))" + VALUE)
 PARAMETER = re.compile(r"(parametro_url=)" + VALUE)
