@@ -19,9 +19,10 @@ import prefect
 from prefect import Flow, Parameter, task, unmapped
 from prefect.engine.signals import LOOP
 
+
 from etl import cli, database, demo, diagram, lock, pages, postgres, schedule, service, sink, sqlite, state
 from etl.database import Table
-from etl.errors import DatabaseDown, PayloadError, SourceError, error, say
+from etl.errors import DatabaseDown, PayloadError, SinkError, SourceError, error, say
 from etl.headers import Headers
 from etl.records import BATCH, Record, Todo, concat_records, transform_records
 from etl.settings import DEADLINE, INTERVAL, MAX_BYTES, MAX_PAGES, OUTPUT, RETRIES, RETRY_DELAY, TIMEOUT
@@ -200,9 +201,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return service.EXIT_OK
     if args.history:
         try:
-            os.close(sink.open_append(args.history))
-        except OSError as exc:
-            error(f"cannot write --history {args.history}: {exc.strerror}")
+            os.close(sink.open_lines(args.history, f"--history {args.history}"))
+        except SinkError as exc:
+            error(str(exc))
             return service.EXIT_FAILED
     try:
         with service.stopped_by_signals(abandon=lambda: _remove_unfinished(args.output)):

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "sample")]
 from conftest import Source, ok, slow  # noqa: E402
 from generate import todos  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 PY = sys.executable
 OURS = [PY, str(ROOT / "prefectflow.py"), "--once", "-q"]
@@ -110,13 +111,14 @@ def main():
     parser.add_argument("--sizes", default="200,100000,1000000")
     parser.add_argument("--skip-sources", action="store_true")
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.repeat} alternating runs")
+    print(f"{stamp()}; medians of {args.repeat} alternating runs")
     source = Source()
     with tempfile.TemporaryDirectory() as tmp:
         payloads(source, Path(tmp), [int(s) for s in args.sizes.split(",")], args.repeat)
         if not args.skip_sources:
             sources(source, Path(tmp), args.repeat)
     source.close()
+    print(f"\nFinished with load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
 
 
 if __name__ == "__main__":

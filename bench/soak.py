@@ -25,7 +25,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 from conftest import Source, ok, status  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 SAMPLE = json.loads((ROOT / "sample" / "todos.json").read_text(encoding="utf-8"))
 
@@ -70,6 +72,7 @@ def main():
     parser.add_argument("--listen", action="store_true", help="serve /metrics and scrape it every 0.1 s")
     options = parser.parse_args()
     runs = options.runs
+    print(stamp())
     source = Source()
     actions = []
     for run in range(1, runs + 2):
@@ -106,9 +109,10 @@ def main():
     growth = (rsslast - rss10) / (nlast - n10) * 100
     print(f"runs: {len(lines)}, failed: {sum(r['state'] != 'Success' for r in lines)}, "
           f"with retries: {sum(r['attempts'] > 1 for r in lines)}")
-    print(f"RSS after run {n10}: {rss10:.1f} MiB; after run {nlast}: {rsslast:.1f} MiB; "
-          f"growth {growth:+.3f} MiB per 100 runs ({growth * 10:+.2f} MiB per 1,000)")
-    print(f"open fds after run {n10}: {fd10}; after run {nlast}: {fdlast}")
+    print(f"\n| | after run {n10} | after run {nlast} | |\n|---|---|---|---|")
+    print(f"| resident memory | {rss10:.1f} MiB | {rsslast:.1f} MiB | "
+          f"{growth:+.3f} MiB per 100 runs, {growth * 10:+.2f} MiB per 1,000 |")
+    print(f"| open file descriptors | {fd10} | {fdlast} | {fdlast - fd10:+d} |\n")
     ordered = sorted(lateness)
     print(f"lateness of starts: max {ordered[-1] * 1000:.1f} ms, 99th percentile "
           f"{ordered[int(len(ordered) * 0.99)] * 1000:.1f} ms, median {ordered[len(ordered) // 2] * 1000:.1f} ms, "

@@ -115,7 +115,7 @@ def _parser() -> config.Parser:
         help=f"source of the todos; repeat to fetch several in parallel (default: {API_URL})")
     add("--output", default=OUTPUT, metavar="PATH",
         help="file to write, or a database to load into: sqlite:///relative/path.db, "
-             "sqlite:////absolute/path.db, postgresql://user@host:port/dbname (default: %(default)s)")
+             f"sqlite:////absolute/path.db, postgresql://user@host:port/dbname (default: {OUTPUT})")
     add("--table", type=_table, metavar="NAME",
         help=f"with a database --output, the table to load into (default: {database.TABLE})")
     add("--load-mode", choices=database.MODES,
@@ -145,15 +145,15 @@ def _parser() -> config.Parser:
     add("--notify", action="append", type=_url, metavar="URL",
         help="POST a JSON message to URL when runs start failing and when they recover; repeatable")
     add("--retries", type=_at_least(int, 0), default=RETRIES, metavar="N",
-        help="retries of a failed fetch, per source (default: %(default)s)")
+        help=f"retries of a failed fetch, per source (default: {RETRIES})")
     add("--retry-delay", type=_seconds(0), metavar="SECONDS",
         help=f"wait between retries (default: {RETRY_DELAY:g}; 1 with --demo)")
     add("--timeout", type=_seconds(0, strictly=True), default=TIMEOUT, metavar="SECONDS",
-        help="limit to connect, and between two reads of the body (default: %(default)g)")
+        help=f"limit to connect, and between two reads of the body (default: {TIMEOUT:g})")
     add("--deadline", type=_seconds(0, strictly=True), default=DEADLINE, metavar="SECONDS",
-        help="limit for a whole response (default: %(default)g)")
+        help=f"limit for a whole response (default: {DEADLINE:g})")
     add("--max-bytes", type=_greater_than(int, 0), default=MAX_BYTES, metavar="N",
-        help="largest body accepted, in bytes (default: %(default)s, 100 MiB)")
+        help=f"largest body accepted, in bytes (default: {MAX_BYTES}, 100 MiB)")
     add("--allow-empty", action="store_true", help="let an empty list replace the output")
     add("--paginate", action="store_true",
         help='follow each source\'s Link rel="next" headers to its last page and join the pages')
@@ -177,7 +177,7 @@ def _parser() -> config.Parser:
     add("--debug", action="store_true", help="log everything, with tracebacks")
     add("-q", "--quiet", action="store_true", help="log errors only")
     add("--log-format", choices=logs.FORMATS, default="text",
-        help="text, or json: every line on stdout and stderr one JSON object (default: %(default)s)")
+        help="text, or json: every line on stdout and stderr one JSON object (default: text)")
     add("--config", metavar="FILE",
         help="read options from this TOML file, its keys the long options without their dashes; "
              "PREFECTFLOW_<OPTION> environment variables win over it, and the command line over both")
@@ -191,7 +191,7 @@ def parse_args(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, 
     parser = _parser()
     json_errors = _log_format(argv, environ) == "json"
     logs.use_for_errors(json_errors)
-    parser.report = errors.error if json_errors else None
+    parser.report = errors.error  # the one line, without argparse's usage block above it
     try:
         args = config.gather(parser, argv, environ)
     except config.Refused as exc:
@@ -307,8 +307,9 @@ def make_executor(args: argparse.Namespace) -> Executor:
             os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         return DaskExecutor(cluster_kwargs={
             "n_workers": workers, "threads_per_worker": -(-sources // workers),
-            # On this machine only: the scheduler and its dashboard would listen on every interface.
-            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+            # On this machine only: the scheduler, the nannies, the workers and the servers of /metrics
+            # and /health they each run (their "dashboards") would otherwise listen on every interface.
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0",
             **({"preload": ["etl.logs"]} if args.log_format == "json" else {})})
     if args.executor in ("threads", "processes") or (args.executor is None and len(args.urls) > 1):
         return LocalDaskExecutor(scheduler=args.executor or "threads", num_workers=args.workers or sources)

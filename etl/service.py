@@ -15,7 +15,7 @@ from prefect.engine.state import State
 from prefect.executors import Executor, LocalExecutor
 
 from etl.database import is_database
-from etl.errors import Explained, error
+from etl.errors import Explained, SinkError, error
 from etl.schedule import COUNTED, slots_between
 from etl.sink import append_line
 from etl.source import mask_url
@@ -292,5 +292,7 @@ def append_history(history: Optional[str], summary: dict) -> None:
     if history:
         try:
             append_line(history, summary)
+        except SinkError as exc:
+            log.error("Cannot append the run to --history: %s", exc)
         except OSError as exc:
             log.error("Cannot append to --history %s: %s", history, exc.strerror)

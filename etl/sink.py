@@ -95,13 +95,7 @@ def replace_file(path: str, write: Callable[[BinaryIO], None], follow: bool = Tr
     over it, its folder synced; the old file or the new one, never a mix. A symbolic link at path
     stays a link and its target is replaced, unless follow is False: then the link itself is."""
     target = os.path.realpath(path) if follow else os.path.abspath(path)
-    folder = os.path.dirname(target)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except FileExistsError:
-        raise SinkError(f"cannot write {path}: {folder} is a file, not a folder") from None
-    except OSError as exc:
-        raise SinkError(f"cannot write {path}: {exc.strerror}") from None
+    folder = make_folder(os.path.dirname(target), path)
     # Named before it exists, so that a signal landing at any moment after it is created can remove it.
     tmp = _temporary(target, secrets.token_hex(8))
     try:
@@ -131,6 +125,18 @@ def replace_file(path: str, write: Callable[[BinaryIO], None], follow: bool = Tr
                     "a power loss", path, folder, exc.strerror)
 
 
+def make_folder(folder: str, name: str) -> str:
+    """Create folder, where the file name goes, and its missing parents; folder.
+    SinkError ("cannot write NAME: why") if it cannot."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise SinkError(f"cannot write {name}: {folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise SinkError(f"cannot write {name}: {exc.strerror}") from None
+    return folder
+
+
 def _temporary(target: str, token: str) -> str:
     """The temporary file a write to target goes to before it replaces it; token tells writes apart.
     A long name is cut, so that the temporary one is no longer than the output's own."""
@@ -149,11 +155,29 @@ def remove_unfinished(path: str, follow: bool = True) -> None:
             os.unlink(tmp)
 
 
+def open_lines(path: str, name: Optional[str] = None) -> int:
+    """A descriptor to append to the JSON Lines file at path, created with its missing folders as
+    the output is; SinkError ("cannot write NAME: why") if it cannot be, or if path is not a
+    regular file (appending to a fifo would wait for a reader for ever)."""
+    name = name or path
+    make_folder(os.path.dirname(os.path.realpath(path)), name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        why = "not a regular file" if exc.errno == errno.ENXIO else exc.strerror  # ENXIO: a fifo without a reader
+        raise SinkError(f"cannot write {name}: {why}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SinkError(f"cannot write {name}: not a regular file")
+    return fd
+
+
 def append_line(path: str, record: dict) -> None:
     """Append record to a JSON Lines file as one whole line: a write that fails or falls short
-    (a full disk, a file-size limit) is cut back off, so the file never ends in half a line."""
+    (a full disk, a file-size limit) is cut back off, so the file never ends in half a line.
+    SinkError if the file cannot be opened, OSError if the write fails."""
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = open_append(path)
+    fd = open_lines(path)
     try:
         size = os.fstat(fd).st_size
         try:
@@ -166,21 +190,6 @@ def append_line(path: str, record: dict) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def open_append(path: str) -> int:
-    """A file descriptor that appends to path, created if missing; OSError if path is not a
-    regular file (appending to a fifo would wait for a reader for ever)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a fifo without a reader
-            raise OSError(errno.EINVAL, "not a regular file") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file")
-    return fd
 
 
 def read_tail(path: str, count: int, window: int = 1 << 20) -> List[dict]:

@@ -1,14 +1,17 @@
 """etl.cli and main(): options, usage rules and executors; the command line run as a user runs it."""
+import ipaddress
 import json
 import logging
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pendulum
+import psutil
 import pytest
-from conftest import RECORDS_JSON, ROOT, cli, last_line, ok, status
+from conftest import RECORDS_JSON, ROOT, SCRIPT, cli, last_line, ok, status, wait_for
 
 import prefectflow
 from etl.cli import _one_line, make_executor, parse_args
@@ -83,11 +86,11 @@ def test_once_exits_1_with_one_line_when_the_run_fails(source, good_output):
       for option in ["--interval", "--retry-delay", "--timeout", "--deadline"]
       for value in ["nan", "inf", "-inf", "NaN"]],
 ])
-def test_bad_usage_exits_2(args, message, capsys):
+def test_bad_usage_exits_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exited:
         prefectflow.main(args)
     assert exited.value.code == 2
-    assert last_line(capsys.readouterr().err) == f"prefectflow.py: error: {message}"
+    assert capsys.readouterr() == ("", f"prefectflow.py: error: {message}\n")
 
 
 @pytest.mark.parametrize("value", ["9100", "127.0.0.1", "127.0.0.1:", ":9100", "127.0.0.1:65536", "h:-1", "h:x",
@@ -96,8 +99,17 @@ def test_listen_needs_host_and_port(value, capsys):
     with pytest.raises(SystemExit) as exited:
         prefectflow.main(["--listen", value])
     assert exited.value.code == 2
-    assert last_line(capsys.readouterr().err) == (
-        f"prefectflow.py: error: argument --listen: must be HOST:PORT, such as 127.0.0.1:9100 or [::1]:9100: {value}")
+    assert capsys.readouterr().err == (
+        f"prefectflow.py: error: argument --listen: must be HOST:PORT, such as 127.0.0.1:9100 or [::1]:9100: {value}\n")
+
+
+def test_help_shows_the_defaults_and_exits_0(tmp_path):
+    result = cli("--help", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "file to write, or a database to load into" in " ".join(result.stdout.split())
+    assert "(default: datos.json)" in result.stdout
+    assert "limit for a whole response (default: 600)" in " ".join(result.stdout.split())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stale_after_defaults_to_three_intervals():
@@ -147,11 +159,17 @@ def test_a_bad_value_from_the_command_line_is_bad_usage_before_anything_runs(sou
     assert result.stdout == "" and list(tmp_path.iterdir()) == [] and source.hits("/todos") == 0
 
 
-def test_bad_usage_in_a_subprocess_exits_2_and_runs_nothing(tmp_path):
-    result = cli("--once", "--runs", "2", cwd=tmp_path)
-    assert result.returncode == 2
-    assert last_line(result.stderr) == "prefectflow.py: error: --once and --runs cannot be used together"
-    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+@pytest.mark.parametrize("args, message", [
+    (["--once", "--runs", "2"], "--once and --runs cannot be used together"),
+    (["--bogus", "--once"], "unrecognized arguments: --bogus"),
+    (["--output"], "argument --output: expected one argument"),
+    (["--retries", "two"], "argument --retries: invalid int value: 'two'"),
+])
+def test_bad_usage_in_a_subprocess_is_one_line_and_runs_nothing(args, message, tmp_path):
+    """No usage block above the line, no hint below it: exit 2 and one line."""
+    result = cli(*args, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"prefectflow.py: error: {message}\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_importing_has_no_side_effects(tmp_path):
@@ -224,6 +242,49 @@ def test_an_unreachable_dask_cluster_fails_with_one_line_that_says_it_once(sourc
     assert f"ERROR - prefect.FlowRunner | {cause}\n" in result.stdout
     assert "OSError: Timed out" not in result.stdout  # said once per line, not twice
     assert source.hits("/todos") == 0
+
+
+def listening(pid):
+    """{(pid, address, port)} of every socket the process and its descendants listen on (TCP) or are
+    bound to (UDP)."""
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    found = set()
+    for process in tree:
+        try:
+            for conn in process.net_connections(kind="inet"):
+                if conn.status in (psutil.CONN_LISTEN, psutil.CONN_NONE) and conn.laddr:
+                    found.add((process.pid, conn.laddr.ip, conn.laddr.port))
+        except psutil.Error:
+            pass  # a process that ended meanwhile listens on nothing
+    return found
+
+
+def test_a_local_dask_cluster_listens_on_loopback_only(source, tmp_path):
+    """The scheduler, its dashboard, the nannies, the workers and their HTTP servers: every socket of
+    the process tree, listed while a task is fetching."""
+    listed = threading.Event()
+
+    def held(handler):  # answers once the sockets have been listed: the cluster is up until then
+        listed.wait(120)
+        ok()(handler)
+    urls = [source.add(f"/todos{n}", held) for n in range(2)]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--once", "--executor", "dask", "--workers", "2",
+                             "--url", urls[0], "--url", urls[1], "--output", str(tmp_path / "d.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # The cluster starts its workers, servers listening, before the flow runs a task.
+        wait_for(lambda: source.hits("/todos0") + source.hits("/todos1") or proc.poll() is not None,
+                 "request from a task", deadline=180)
+        sockets = listening(proc.pid)
+    finally:
+        listed.set()
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert len({pid for pid, _, _ in sockets}) == 3, sockets  # this process and two workers
+    assert [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback] == []
 
 
 def test_the_one_line_log_filter_keeps_an_error_without_a_message():

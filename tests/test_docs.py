@@ -1,6 +1,8 @@
 """The documentation: README.md and docs/*.md link only to files and headings that exist."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,14 @@ def test_a_broken_link_or_anchor_is_found(tmp_path):
         "b.md#nowhere: no heading with that anchor",
         "#not-a-heading: no heading with that anchor",
     ]
+
+
+def test_the_options_table_lists_every_option():
+    """Each option --help shows has its row in docs/options.md (the first cell of a table row)."""
+    shown = subprocess.run([sys.executable, str(ROOT / "prefectflow.py"), "--help"], capture_output=True,
+                           text=True, check=True).stdout
+    options = set(re.findall(r"^  (?:-\w, )?(--[\w-]+)", shown, re.MULTILINE)) - {"--help"}
+    rows = [line.split("|")[1] for line in (ROOT / "docs" / "options.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `-")]
+    listed = {option for cell in rows for option in re.findall(r"`(--?[\w-]+)", cell)}
+    assert sorted(options - listed) == []

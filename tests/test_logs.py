@@ -83,7 +83,7 @@ def test_a_usage_error_is_one_json_object_whatever_sets_the_format(tmp_path):
         assert {k: v for k, v in line.items() if k != "time"} == {
             "level": "ERROR", "logger": "prefectflow.py", "message": "argument --retries: must be at least 0: -1"}
     result = cli("--log-format", "json", "--retries", "-1", "--log-format", "text")
-    assert result.stderr.startswith("usage: ")
+    assert result.stderr == "prefectflow.py: error: argument --retries: must be at least 0: -1\n"
 
 
 def test_a_service_stopped_by_sigterm_logs_json_to_the_end(source, tmp_path):

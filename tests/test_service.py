@@ -137,14 +137,28 @@ def test_a_signal_during_the_write_abandons_it(source, good_output, options, sig
     assert [p.name for p in good_output.parent.iterdir()] == [good_output.name]
 
 
-def test_a_history_file_that_cannot_be_written_is_refused_before_any_run(source, good_output):
-    history = good_output / "runs.jsonl"  # under a file
+@pytest.mark.parametrize("under, why", [
+    ("datos.json", "{folder} is a file, not a folder"),  # as --output says it
+    ("datos.json/deeper", "Not a directory"),
+    ("a-folder", "Is a directory"),
+])
+def test_a_history_file_that_cannot_be_written_is_refused_before_any_run(source, good_output, under, why):
+    (good_output.parent / "a-folder" / "runs.jsonl").mkdir(parents=True)
+    history = good_output.parent / under / "runs.jsonl"
     result = cli("--runs", 1, "--interval", 1, "--url", source.add("/todos", ok()), "--output", good_output,
                  "--history", history)
     assert (result.returncode, result.stderr) == (
-        1, f"prefectflow.py: error: cannot write --history {history}: Not a directory\n")
+        1, f"prefectflow.py: error: cannot write --history {history}: {why.format(folder=history.parent)}\n")
     assert source.hits("/todos") == 0
     assert good_output.read_bytes() == RECORDS_JSON
+
+
+def test_history_creates_missing_folders_as_output_does(source, tmp_path):
+    result = cli("--once", "--url", source.add("/todos", ok()), "--output", "out/new/datos.json",
+                 "--history", "data/new/runs.jsonl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out/new/datos.json").read_bytes() == RECORDS_JSON
+    assert [run["state"] for run in history(tmp_path / "data/new/runs.jsonl")] == ["Success"]
 
 
 def test_a_signal_does_not_wait_for_threads_blocked_on_sources(source, good_output):

@@ -58,6 +58,16 @@ def test_append_line_appends_whole_json_lines(tmp_path):
     assert path.read_text(encoding="utf-8") == '{"state": "Success", "títle": "ñ"}\n{"state": "Failed"}\n'
 
 
+def test_append_line_creates_missing_folders_and_says_why_it_cannot(tmp_path, good_output):
+    path = tmp_path / "data" / "new" / "runs.jsonl"
+    append_line(str(path), {"state": "Success"})
+    assert path.read_text(encoding="utf-8") == '{"state": "Success"}\n'
+    with pytest.raises(SinkError) as raised:
+        append_line(str(good_output / "runs.jsonl"), {"state": "Success"})
+    assert str(raised.value) == f"cannot write {good_output / 'runs.jsonl'}: {good_output} is a file, not a folder"
+    assert good_output.read_bytes() == RECORDS_JSON
+
+
 def test_write_json_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
     target = tmp_path / "www" / "datos.json"
     target.parent.mkdir()
