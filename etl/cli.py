@@ -106,9 +106,10 @@ def _parser() -> config.Parser:
     """The one table of options: their names, types and defaults, whatever the source of a value."""
     parser = config.Parser(
         prog=PROG,
-        description="Fetch todos, rename their keys, write them to a JSON file; "
+        description="Fetch todos, rename their keys, write them to a JSON file or a database table; "
                     "every --interval seconds or at the --cron times until stopped, or once.",
-        epilog="Exit status: 0 success, 1 the run failed, 2 bad usage, 130 SIGINT, 143 SIGTERM.",
+        epilog="Exit status: 0 success, 1 the run failed, 2 bad usage, 75 another process uses the output, "
+               "130 SIGINT, 143 SIGTERM.",
     )
     add = parser.add_argument
     add("--url", action="append", type=_url, metavar="URL",

@@ -107,7 +107,7 @@ def test_help_shows_the_defaults_and_exits_0(tmp_path):
     result = cli("--help", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
     assert "file to write, or a database to load into" in " ".join(result.stdout.split())
-    assert "(default: datos.json)" in result.stdout
+    assert "(default: datos.json)" in " ".join(result.stdout.split())
     assert "limit for a whole response (default: 600)" in " ".join(result.stdout.split())
     assert list(tmp_path.iterdir()) == []
 

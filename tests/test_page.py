@@ -74,9 +74,9 @@ BAD_RUNS = [  # --history lines the page once failed on, and others of their kin
 def test_history_lines_of_any_shape_show_as_text():
     page = render(200, HEALTH, BAD_RUNS, "", 5)
     assert "<tr><th>Sources</th><td>1</td></tr>" in page
-    assert ('<tr><td>2026-01-01T00:00:00</td><td class="bad"></td><td class="num"></td><td class="num"></td>'
+    assert ('<tr><td>2026-01-01T00:00:00</td><td class="bad"></td><td class="num"></td><td></td><td class="num"></td>'
             '<td class="num"></td><td></td></tr>') in page  # a naive time as it is, no duration
     assert '<tr><td>0001-01-01T00:00:00+05:00</td><td class="bad">' in page
-    assert ("<td class=\"bad\">\ud800</td><td class=\"num\">{&#x27;a&#x27;: [1]}</td><td class=\"num\">inf</td>"
+    assert ("<td class=\"bad\">\ud800</td><td class=\"num\">{&#x27;a&#x27;: [1]}</td><td></td><td class=\"num\">inf</td>"
             "<td class=\"num\"></td><td>lone \udcff surrogate</td>") in page
     assert '<tr><td>20260101</td><td class="bad">[&#x27;Success&#x27;]</td>' in page

@@ -210,6 +210,6 @@ def test_an_output_that_is_a_fifo_is_replaced_and_a_history_that_is_one_is_refus
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == RECORDS_JSON
-    with pytest.raises(OSError, match="not a regular file"):
+    with pytest.raises(SinkError, match="not a regular file"):
         append_line(str(log), {"state": "Success"})
     assert stat.S_ISFIFO(os.stat(log).st_mode)
