@@ -19,7 +19,7 @@ from etl import postgres, sqlite
 from etl.errors import DatabaseDown, PayloadError, SinkError
 from etl.source import mask_text, mask_url
 from etl.sql import COLUMNS, quote
-from etl.state import Fetched, Last, Page, pages_of
+from etl.state import Fetched, Last, Page, in_order, pages_of
 
 log = prefect.utilities.logging.get_logger(__name__)
 
@@ -151,7 +151,7 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
     kept = [page for page in pages or () if page.start is not None]
     if kept and (old is None or any(page.basis != old["token"] for page in kept)):
         raise SinkError(f"{where} changed during the run; the next run fetches every source in full")
-    if kept and len(kept) == len(pages) and _in_order(pages) == old["records"]:
+    if kept and len(kept) == len(pages) and in_order(pages) == old["records"]:
         db.rollback()  # every page answered 304: the rows are as the last run left them
         logger.info("Left %s as it was: unchanged", where)
         return None
@@ -282,15 +282,6 @@ def _read_rows(db, table: str, ids: List[int], records: list, pages: List[Page])
     for row in found:
         row["Completado"] = bool(row["Completado"])
     return found
-
-
-def _in_order(pages: List[Page]) -> int:
-    end = 0
-    for page in pages:
-        if page.start != end:
-            return -1
-        end += page.count
-    return end
 
 
 # The state row: committed with the rows, so it always describes them. -------------------------

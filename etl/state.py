@@ -186,7 +186,7 @@ def _assemble(records: list, output: str) -> Optional[list]:
     last = read_last(output)
     if last is None or any(page.basis != last.digest for page in kept):
         raise _changed_during_the_run(output)
-    if len(kept) == len(pages) and _in_order(pages) == last.records:
+    if len(kept) == len(pages) and in_order(pages) == last.records:
         return None
     try:
         with sink.open_regular(output) as file:
@@ -213,7 +213,7 @@ def _changed_during_the_run(output: str) -> SinkError:
     return SinkError(f"{output} changed during the run; the next run fetches every source in full")
 
 
-def _in_order(pages: List[Page]) -> int:
+def in_order(pages: List[Page]) -> int:
     """How many records the pages cover from the output's start, one after another; -1 if they skip
     or repeat any."""
     end = 0
