@@ -312,3 +312,17 @@ def service(tmp_path):
     yield start
     for running in started:
         running.stop()
+
+
+def invalid_choice(value, choices):
+    """argparse's words for a value that is not one of choices, as this Python writes them
+    (3.12.8 and 3.13.1 stopped quoting the choices)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("x", choices=choices)
+    try:
+        parser.parse_args([value])
+    except argparse.ArgumentError as exc:
+        return str(exc).split(": ", 1)[1]
+    raise AssertionError(f"{value!r} is one of {choices}")

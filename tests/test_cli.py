@@ -11,7 +11,7 @@ from pathlib import Path
 import pendulum
 import psutil
 import pytest
-from conftest import RECORDS_JSON, ROOT, SCRIPT, cli, last_line, ok, status, wait_for
+from conftest import RECORDS_JSON, ROOT, SCRIPT, cli, invalid_choice, last_line, ok, status, wait_for
 
 import prefectflow
 from etl.cli import _one_line, make_executor, parse_args
@@ -299,7 +299,7 @@ def test_the_one_line_log_filter_keeps_an_error_without_a_message():
     (["--table", "todos"], "--table needs a database --output (sqlite:///... or postgresql://...)"),
     (["--load-mode", "merge"], "--load-mode needs a database --output (sqlite:///... or postgresql://...)"),
     (["--output", "sqlite:///t.db", "--load-mode", "upsert"],
-     "argument --load-mode: invalid choice: 'upsert' (choose from 'replace', 'merge')"),
+     "argument --load-mode: " + invalid_choice("upsert", ["replace", "merge"])),
     *[(["--output", "sqlite:///t.db", "--table", name],
        f"argument --table: {name!r} is not a table name we load into: use letters, digits and _, not starting with "
        "a digit, at most 63 characters, not prefectflow_state")

@@ -48,9 +48,10 @@ def test_the_diagram_is_inline_svg_drawn_again_only_after_a_run():
     diagram = Diagram(prefectflow.flow)
     plain = diagram.svg(0, None)
     assert plain.startswith("<svg") and plain.count("<g id=\"node") == 4 and "#28a745" not in plain
-    assert sorted(re.findall(r"<title>([^<]*)</title>", plain)) == [  # task names, not heap addresses (id())
-        "%3", "extract", "extract&#45;&gt;transform", "load", "parametro_url", "parametro_url&#45;&gt;extract",
-        "transform", "transform&#45;&gt;load"]
+    titles = re.findall(r"<title>([^<]*)</title>", plain)
+    assert sorted(t for t in titles if "&#45;&gt;" not in t and t != "%3") == [  # task names, not heap addresses
+        "extract", "load", "parametro_url", "transform"]
+    assert not any(re.search(r"[0-9]{5,}", t) for t in titles)
     assert not any(str(id(task)) in plain for task in prefectflow.flow.tasks)
     assert diagram.svg(0, Success(result={})) is plain  # the same run: not drawn again
     flow_state = Success(result={task: Success() for task in prefectflow.flow.tasks})
