@@ -1,7 +1,10 @@
 """etl.metrics: the Prometheus text after some runs, read back with prometheus_client's parser."""
 import datetime
+import shutil
+import subprocess
 
 import pendulum
+import pytest
 from prefect.engine.state import Failed, Success
 from prometheus_client.parser import text_string_to_metric_families
 from test_status import START, at, summary
@@ -63,3 +66,15 @@ def test_after_an_unchanged_run_the_metrics_say_what_the_output_holds_and_that_i
     metrics.finished(summary(20), Success())
     values = {k: v for family in read(metrics).values() for k, v in family.items()}
     assert values[("prefectflow_output_unchanged", ())] == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (Debian's prometheus package)")
+def test_promtool_finds_nothing_to_say_about_the_metrics():
+    """Prometheus's own linter: names, units, HELP and TYPE lines, histogram buckets."""
+    metrics = Metrics()
+    metrics.next_run(START)
+    metrics.finished(summary(0), Success())
+    metrics.finished({**summary(10, "extract failed: boom"), "attempts": 11}, Failed())
+    checked = subprocess.run(["promtool", "check", "metrics"], input=metrics.text(), capture_output=True,
+                             timeout=60)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b"")
