@@ -49,14 +49,14 @@ def measure(command):
     return float(wall), int(kib) / 1024
 
 
-def compare(commands, repeat, fresh=None):
-    """Medians of (wall, RSS) for each named command, the runs alternating. fresh names a command's
-    output to remove before each of its runs: ours leaves a file that already holds its bytes alone."""
+def compare(commands, repeat, before=None):
+    """Medians of (wall, RSS) for each named command, the runs alternating; before[name](), if any, is
+    called before each run of that command, unmeasured (ours leaves a file that already holds its
+    bytes alone, so its output is removed first)."""
     runs = {name: [] for name in commands}
     for _ in range(repeat):
         for name, command in commands.items():
-            if name in (fresh or {}):
-                fresh[name].unlink(missing_ok=True)
+            (before or {}).get(name, lambda: None)()
             runs[name].append(measure(command))
     return {name: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r))
             for name, r in runs.items()}
@@ -75,7 +75,8 @@ def payloads(source, tmp, sizes, repeat):
         url = source.add(f"/todos{size}", ok(json.dumps(todos(size)).encode()))
         naive, ours = tmp / f"naive{size}.json", tmp / f"ours{size}.json"
         result = compare({"naive": [PY, str(ROOT / "bench" / "naive.py"), url, str(naive)],
-                          "ours": OURS + ["--url", url, "--output", str(ours)]}, repeat, {"ours": ours})
+                          "ours": OURS + ["--url", url, "--output", str(ours)]}, repeat,
+                         {"ours": lambda: ours.unlink(missing_ok=True)})
         assert naive.read_bytes() == ours.read_bytes(), "outputs differ"
         row(f"{size:,}", result, "naive", "ours")
         naive.unlink(), ours.unlink()

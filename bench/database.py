@@ -17,31 +17,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import statistics  # noqa: E402
 
-from bench import OURS, PY, ROOT, measure  # noqa: E402
+from bench import OURS, PY, ROOT, compare, measure, row  # noqa: E402
 from conftest import Source, ok  # noqa: E402
 from generate import todos  # noqa: E402
 from pgcluster import Cluster, binaries  # noqa: E402
 
 NAIVE = [PY, str(ROOT / "bench" / "naive_db.py")]
-
-
-def compare(commands, repeat, before):
-    """Medians of (wall, RSS) for each named command, the runs alternating; before[name]() is called
-    before each run of that command (unmeasured)."""
-    runs = {name: [] for name in commands}
-    for _ in range(repeat):
-        for name, command in commands.items():
-            before[name]()
-            runs[name].append(measure(command))
-    return {name: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r))
-            for name, r in runs.items()}
-
-
-def ratio_row(label, result, base, other):
-    (w0, m0), (w1, m1) = result[base], result[other]
-    print(f"| {label} | {w0:.2f} s | {w1:.2f} s | {w1 / w0:.2f}x | {m0:.0f} MiB | {m1:.0f} MiB | {m1 / m0:.2f}x |")
 
 
 def header(base, other):
@@ -77,9 +59,9 @@ def postgres(source, tmp, size, repeat, cluster, parts):
         assert rows == [(size, sum(t["userId"] for t in todos(size)))], rows
         print(f"{label}:\n")
         header("naive", "ours")
-        ratio_row("PostgreSQL, naive executemany vs ours (COPY)", result, "naive", "ours")
+        row("PostgreSQL, naive executemany vs ours (COPY)", result, "naive", "ours")
         header("datos.json", "PostgreSQL")
-        ratio_row("ours: datos.json vs PostgreSQL", result, "datos.json", "ours")
+        row("ours: datos.json vs PostgreSQL", result, "datos.json", "ours")
         print()
 
 
@@ -93,9 +75,9 @@ def sqlite(source, tmp, size, repeat):
     result = compare(commands, repeat, {name: lambda: [p.unlink(missing_ok=True) for p in (ours, naive, tmp / "ours.json")]
                                         for name in commands})
     header("naive", "ours")
-    ratio_row("SQLite, naive executemany vs ours", result, "naive", "ours")
+    row("SQLite, naive executemany vs ours", result, "naive", "ours")
     header("datos.json", "SQLite")
-    ratio_row("ours: datos.json vs SQLite", result, "datos.json", "ours")
+    row("ours: datos.json vs SQLite", result, "datos.json", "ours")
 
 
 def main():
