@@ -159,14 +159,19 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
     ids = _ids(records, pages, old) if pages and len(pages) > 1 else None
     if ids is not None:
         _check_unique(ids)
-    if not _check_shape(db, module, table.name, where):
-        module.create(db, table.name)
-        logger.info("Created %s", where)
+    exists = _check_shape(db, module, table.name, where)
     rows = records
     if table.mode == REPLACE and kept:
+        if not exists:
+            raise SinkError(f"{where} changed during the run; the next run fetches every source in full")
         rows = list(records) + _read_rows(db, table.name, ids, records, pages)
     try:
-        changed = _write(db, module, table, rows)
+        if exists:
+            changed = _write(db, module, table, rows)
+        else:
+            module.create(db, table.name, rows)
+            logger.info("Created %s", where)
+            changed = len(rows)
     except module.errors() as exc:
         if not module.worth_retrying(exc):
             _check_unique([row["ID"] for row in rows])  # a repeated ID is the payload's fault

@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING, Dict, Iterator, Optional
 
 from etl.source import mask_text, mask_url
-from etl.sql import COLUMNS, batches, quote
+from etl.sql import COLUMNS, batches, quote, row_values
 
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL output is used, not with this module
     import psycopg
@@ -122,9 +122,13 @@ def unique_key(db: psycopg.Connection, table: str) -> bool:
         (quote(table),)).fetchone()[0]
 
 
-def create(db: psycopg.Connection, table: str) -> None:
-    db.execute(f'CREATE TABLE {quote(table)} ("UsuarioID" bigint NOT NULL, "ID" bigint PRIMARY KEY, '
+def create(db: psycopg.Connection, table: str, records: list) -> None:
+    """table, holding records. Its key comes once they are in: one sort builds its index, in about
+    half the time that adding a million rows to it one at a time took."""
+    db.execute(f'CREATE TABLE {quote(table)} ("UsuarioID" bigint NOT NULL, "ID" bigint NOT NULL, '
                '"Titulo" text NOT NULL, "Completado" boolean NOT NULL)')
+    copy(db, table, records)
+    db.execute(f'ALTER TABLE {quote(table)} ADD PRIMARY KEY ("ID")')
 
 
 def copy(db: psycopg.Connection, table: str, records: list) -> None:
@@ -132,9 +136,18 @@ def copy(db: psycopg.Connection, table: str, records: list) -> None:
     with db.cursor() as cursor:
         with cursor.copy(f"COPY {quote(table)} ({', '.join(map(quote, COLUMNS))}) FROM STDIN") as copying:
             for batch in batches(records):
-                copying.write("".join(
-                    f'{r["UsuarioID"]}\t{r["ID"]}\t{r["Titulo"].translate(_ESCAPES)}\t{"t" if r["Completado"] else "f"}\n'
-                    for r in batch))
+                copying.write(copy_text(batch))
+
+
+def copy_text(records: list) -> str:
+    """records as lines of COPY's text format. Titles are escaped only in a batch where one needs it,
+    which the separators' count tells: escaping every title took most of the load's time."""
+    rows = list(map(row_values, records))  # (UsuarioID, ID, Titulo, Completado)
+    text = "".join([f'{user}\t{id_}\t{title}\t{"t" if done else "f"}\n' for user, id_, title, done in rows])
+    if text.count("\t") == 3 * len(rows) and text.count("\n") == len(rows) and "\\" not in text and "\r" not in text:
+        return text
+    return "".join([f'{user}\t{id_}\t{title.translate(_ESCAPES)}\t{"t" if done else "f"}\n'
+                    for user, id_, title, done in rows])
 
 
 def stage(db: psycopg.Connection, records: list) -> None:

@@ -79,9 +79,11 @@ def unique_key(db: sqlite3.Connection, table: str) -> bool:
     return False
 
 
-def create(db: sqlite3.Connection, table: str) -> None:
+def create(db: sqlite3.Connection, table: str, records: list) -> None:
+    """table, holding records."""
     db.execute(f'CREATE TABLE {quote(table)} ("UsuarioID" INTEGER NOT NULL, "ID" INTEGER PRIMARY KEY, '
                '"Titulo" TEXT NOT NULL, "Completado" BOOLEAN NOT NULL)')
+    copy(db, table, records)
 
 
 def copy(db: sqlite3.Connection, table: str, records: list) -> None:

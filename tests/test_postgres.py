@@ -14,6 +14,7 @@ from pgcluster import postgres_cluster, pg  # noqa: F401  (fixtures)
 
 import prefectflow
 from etl.database import Table
+from etl.records import BATCH
 from etl.service import run_once
 
 COLUMNS = '"UsuarioID", "ID", "Titulo", "Completado"'
@@ -50,6 +51,8 @@ def test_replace_creates_the_table_and_loads_the_records_with_copy(pg, source):
     assert pg.sql("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'todos'::regclass "
                   "AND attnum > 0 ORDER BY attnum") == [
         ("UsuarioID", "bigint"), ("ID", "bigint"), ("Titulo", "text"), ("Completado", "boolean")]
+    assert pg.sql("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'todos'::regclass") == [
+        ("PRIMARY KEY (\"ID\")",)]
     log = [line for line in pg.cluster.log().splitlines() if line.startswith(f"{pg.name}:") and "statement:" in line]
     assert sum('COPY "todos"' in line for line in log) == 1
     assert not any('INSERT INTO "todos"' in line for line in log)
@@ -112,10 +115,17 @@ def test_merge_with_a_repeated_id_is_a_payload_error_and_writes_nothing(pg, sour
     assert run(pg, source.add("/dup", ok(todos(3) + todos(1, first=2))))["error"].startswith(
         'load failed: the records hold "ID" 2 more than once')
     assert pg.rows() == []
+    pg.sql("DROP TABLE todos")  # into a new table: its key, added once the rows are in, finds it
+    assert run(pg, source.add("/dup", ok(todos(3) + todos(1, first=2))))["error"].startswith(
+        'load failed: the records hold "ID" 2 more than once')
+    assert pg.sql("SELECT to_regclass('todos')") == [(None,)]
 
 
 def test_titles_with_tabs_newlines_and_backslashes_round_trip(pg, source):
-    titles = ["a\tb", "line\nbreak\r\n", "back\\slash", "\\N", "\\.", "señal \"rota\" 🎉", "", " trailing "]
+    special = ["a\tb", "line\nbreak", "carriage\rreturn", "back\\slash", "\\N", "\\.", "señal \"rota\" 🎉", "",
+               " trailing "]
+    # Each in a COPY batch of its own, among plain titles: it alone says the batch must be escaped.
+    titles = [title for one in special for title in [one] + ["plain"] * (BATCH - 1)]
     payload = [{"userId": 1, "id": i, "title": t, "completed": bool(i % 2)} for i, t in enumerate(titles)]
     run(pg, source.add("/todos", ok(payload)))
     assert [r["Titulo"] for r in pg.rows()] == titles
@@ -205,6 +215,26 @@ def test_pages_that_answer_304_keep_their_rows_when_others_change(pg, source):
     summary = run(pg, first, paginate=True)
     assert (summary["state"], summary["records"], summary["pages"]) == ("Success", 3, 2)
     assert [h.get("If-None-Match") for h in source.asked("/p1")] == [None, '"a"']
+    assert pg.rows() == RECORDS[:2] + [dict(RECORDS[2], Titulo="new")]
+
+
+@pytest.mark.parametrize("change", ['DELETE FROM todos WHERE "ID" = 1', "DROP TABLE todos"])
+def test_a_table_changed_during_the_run_is_not_trusted_for_pages_that_answered_304(pg, source, change):
+    """While the second page is fetched, someone deletes a row the first page's 304 would keep, or
+    the table: the run fails in one line and writes nothing; the next fetches every page in full."""
+    second = source.url("/p2")
+    first = source.add("/p1", cached(TODOS[:2], ETag='"a"', Link=f'<{second}>; rel="next"'))
+
+    def changing(handler):
+        pg.sql(change)
+        ok([dict(TODOS[2], title="new")], ETag='"b2"')(handler)
+    source.add("/p2", ok(TODOS[2:], ETag='"b1"'), changing, ok([dict(TODOS[2], title="new")], ETag='"b2"'))
+    run(pg, first, paginate=True)
+    summary = run(pg, first, paginate=True)
+    assert summary["error"].startswith('load failed: table "todos"'), summary
+    assert summary["error"].endswith(" changed during the run; the next run fetches every source in full")
+    assert run(pg, first, paginate=True)["records"] == 3
+    assert [h.get("If-None-Match") for h in source.asked("/p1")] == [None, '"a"', None]
     assert pg.rows() == RECORDS[:2] + [dict(RECORDS[2], Titulo="new")]
 
 

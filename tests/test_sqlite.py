@@ -86,6 +86,10 @@ def test_a_repeated_id_writes_nothing(source, tmp_path):
         assert summary["error"] == ('load failed: the records hold "ID" 1 more than once; a table is keyed by "ID", '
                                     "so nothing was loaded")
     assert digest(db) == before
+    fresh = tmp_path / "new.db"  # into a new table
+    assert run(fresh, source.add("/dup", ok(TODOS + TODOS[:1])))["error"].startswith(
+        'load failed: the records hold "ID" 1 more than once')
+    assert sqlite3.connect(fresh).execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_empty_payloads_failed_sources_and_a_table_of_another_shape_leave_the_file_alone(source, tmp_path):
