@@ -22,6 +22,7 @@ from bench import OURS, PY, ROOT, compare, measure, row  # noqa: E402
 from conftest import Source, ok  # noqa: E402
 from generate import todos  # noqa: E402
 from pgcluster import Cluster, binaries  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 NAIVE = [PY, str(ROOT / "bench" / "naive_db.py")]
 
@@ -87,7 +88,7 @@ def main():
     parser.add_argument("--parts", default="empty,replacing,sqlite",
                         help="which to measure, of empty,replacing (PostgreSQL) and sqlite")
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.repeat} alternating runs")
+    print(f"{stamp()}; medians of {args.repeat} alternating runs")
     source = Source()
     cluster = Cluster(binaries(), fsync=True)
     try:

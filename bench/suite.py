@@ -3,7 +3,8 @@ in one run, optionally with every core kept busy by another program (`sha256sum 
 core), as on a shared machine. Each run's summary line is printed: a failed test fails the benchmark.
 
 Usage: .venv/bin/python bench/suite.py [--workers 1,2,3,4] [--rounds N] [--busy N]
-  --workers 1 is plain pytest (one process); --busy 0 leaves the machine as it is.
+  --workers 1 is plain pytest (one process), and a number given twice runs twice in a row (4,4,4,1);
+  --busy 0 leaves the machine as it is.
 """
 import argparse
 import re
@@ -57,7 +58,7 @@ def main():
     base = statistics.median(walls[counts[0]])
     print(f"\n| processes | median wall | against {counts[0]} |")
     print("|---|---|---|")
-    for workers in counts:
+    for workers in walls:
         wall = statistics.median(walls[workers])
         print(f"| {workers} | {wall:.0f} s | {wall / base:.2f}x |")
 
