@@ -4,6 +4,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import select
 import signal
 import time
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -34,6 +35,11 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+# While stopped_by_signals is in force: a pipe's read end that each signal writes a byte to, in
+# whichever thread the kernel gave it to, so that Clock.sleep ends for it.
+_signalled: Optional[int] = None
+
+
 @contextlib.contextmanager
 def stopped_by_signals(abandon: Callable[[], None]) -> Iterator[None]:
     """SIGINT and SIGTERM raise Stopped while inside, whatever the shell started us with.
@@ -41,17 +47,27 @@ def stopped_by_signals(abandon: Callable[[], None]) -> Iterator[None]:
     Before it is raised, and before an executor's cleanup could let a write finish, the processes
     a run started are killed and abandon() is called (to remove what they were writing).
     """
+    global _signalled
+
     def stop(signum, frame):
         _end_children()
         abandon()
         raise Stopped(signum)
 
+    read, write = os.pipe()
+    os.set_blocking(write, False)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    _signalled = read
     try:
         yield
     finally:
+        _signalled = None
+        signal.set_wakeup_fd(previous_fd)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        os.close(read)
+        os.close(write)
 
 
 def _end_children() -> None:
@@ -244,7 +260,13 @@ class Clock:
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        """Sleep, ended early by a signal. Python runs a signal's handler in the main thread, but
+        the kernel may give the signal to another thread (the status server's, say), which would
+        leave this sleep to run its course."""
+        if _signalled is None:
+            time.sleep(seconds)
+        elif select.select([_signalled], [], [], seconds)[0]:
+            os.read(_signalled, 1024)  # the handler runs now, in this thread
 
 
 def serve(flow: Flow, urls: List[str], runs: int = 0, history: Optional[str] = None,

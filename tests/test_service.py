@@ -1,4 +1,5 @@
 """The scheduled flow as a long-running process: --runs, --history, skipped slots, signals."""
+import ctypes
 import os
 import signal
 import subprocess
@@ -86,6 +87,27 @@ def test_a_signal_stops_it_with_one_line(source, good_output, signum, code, mome
     assert "Traceback" not in stdout
     assert good_output.read_bytes() == RECORDS_JSON
     assert [r["state"] for r in history(log)] == ["Success"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_that_another_thread_takes_stops_the_wait_at_once(source, good_output, signum):
+    """Linux gives a process's signal to whichever of its threads can take it first, not always the
+    main one: here the status server's thread takes it, while the main thread sleeps until the next
+    run, an hour away. Python runs the handler in the main thread, so that sleep must end."""
+    log = good_output.parent / "runs.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "--interval", "3600", "--url", source.add("/todos", ok()), "--output", good_output,
+         "--history", log, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (log.exists() and log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    other = next(int(tid) for tid in os.listdir(f"/proc/{proc.pid}/task") if int(tid) != proc.pid)
+    assert ctypes.CDLL(None, use_errno=True).tgkill(proc.pid, other, signum) == 0, os.strerror(ctypes.get_errno())
+    stdout, stderr = proc.communicate(timeout=30)  # the main thread's sleep is up to 60 s at a time
+    assert proc.returncode == 128 + signum
+    assert stderr == f"prefectflow.py: stopped by {signal.Signals(signum).name}\n"
+    assert good_output.read_bytes() == RECORDS_JSON
 
 
 def _group(pgid):
