@@ -150,7 +150,7 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
     old = _read_state(db, module, table, lock=True) if pages is not None else None
     kept = [page for page in pages or () if page.start is not None]
     if kept and (old is None or any(page.basis != old["token"] for page in kept)):
-        raise SinkError(f"{where} changed during the run; the next run fetches every source in full")
+        raise _changed(where)
     if kept and len(kept) == len(pages) and in_order(pages) == old["records"]:
         db.rollback()  # every page answered 304: the rows are as the last run left them
         logger.info("Left %s as it was: unchanged", where)
@@ -163,7 +163,7 @@ def _load(db, module, records: list, output: str, table: Table, pages: Optional[
     rows = records
     if table.mode == REPLACE and kept:
         if not exists:
-            raise SinkError(f"{where} changed during the run; the next run fetches every source in full")
+            raise _changed(where)
         rows = list(records) + _read_rows(db, table.name, ids, records, pages)
     try:
         if exists:
@@ -259,6 +259,10 @@ def _ids(records: list, pages: Optional[List[Page]], old: Optional[dict]) -> Lis
         else:
             ids.extend(saved[page.start:page.start + page.count])
     return ids
+
+
+def _changed(where: str) -> SinkError:
+    return SinkError(f"{where} changed during the run; the next run fetches every source in full")
 
 
 def _check_unique(ids: List[int]) -> None:

@@ -98,10 +98,7 @@ def test_a_signal_that_another_thread_takes_stops_the_wait_at_once(source, good_
     proc = subprocess.Popen(
         [sys.executable, SCRIPT, "--interval", "3600", "--url", source.add("/todos", ok()), "--output", good_output,
          "--history", log, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (log.exists() and log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
+    wait_for(lambda: proc.poll() is None and log.exists() and log.read_text(), "the first run in the history")
     other = next(int(tid) for tid in os.listdir(f"/proc/{proc.pid}/task") if int(tid) != proc.pid)
     assert ctypes.CDLL(None, use_errno=True).tgkill(proc.pid, other, signum) == 0, os.strerror(ctypes.get_errno())
     stdout, stderr = proc.communicate(timeout=30)  # the main thread's sleep is up to 60 s at a time
